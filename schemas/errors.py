@@ -10,7 +10,8 @@ ours), so every layer can raise and catch the same types.
     │   └── LabelError         feedback whose rating/signal cannot become a label
     ├── SnapshotError          a learner snapshot that cannot be loaded
     │   └── SnapshotSignatureError   ... because its HMAC does not verify
-    └── BackPressureError      a sink gave up after bounded retries; the caller must pause
+    ├── BackPressureError      a sink gave up after bounded retries; the caller must pause
+    └── StoreUnavailable       Redis/SQL/graph unreachable: pause, rewind, retry; lose nothing
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class SnapshotSignatureError(SnapshotError):
 
 class BackPressureError(LearnloopError):
     """A downstream store refused writes after bounded retries; stop consuming, lose nothing."""
+
+
+class StoreUnavailable(LearnloopError):
+    """A state store could not be reached; the worker rewinds to its last snapshot and retries."""

@@ -1,0 +1,102 @@
+"""The Faust layer, kept thin: the app, the contract's topics, and services hosted in it.
+
+Everything Faust-specific is here. The feedback loop (``streams.consumer``) is
+plain aiokafka + asyncio and runs as a Faust *service*; Faust agents serve the
+low-volume topics, where its per-event cost does not matter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+from mode import Service
+
+from schemas import DeadLetter, DriftEvent, parse_event
+from schemas.errors import InvalidEvent
+from streams.config import KafkaConfig
+from streams.consumer import FeedbackConsumer
+from streams.topics import TOPIC_SUFFIXES, Topics
+
+log = logging.getLogger(__name__)
+
+
+def faust_broker_url(kafka: KafkaConfig) -> str:
+    """Faust names several bootstrap hosts with ';'.
+
+    >>> faust_broker_url(KafkaConfig(bootstrap_servers="a:9092,b:9092"))
+    'kafka://a:9092;b:9092'
+    """
+    return "kafka://" + ";".join(h.strip() for h in kafka.bootstrap_servers.split(","))
+
+
+def create_app(kafka: KafkaConfig, *, app_id: str, data_dir: Path) -> faust.App:
+    """A Faust app wired to our settings; no web server (metrics have their own port)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=faust_broker_url(kafka),
+        broker_client_id=f"{kafka.client_id}-{app_id}",
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=kafka.heartbeat_interval_ms / 1000,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        datadir=str(data_dir),
+        autodiscover=False,
+    )
+    topics = Topics(kafka.topic_prefix)
+    # Declared so Faust knows (and creates) every topic of the contract.
+    app.contract_topics = {  # type: ignore[attr-defined]
+        s: app.topic(topics.name(s), value_type=bytes, partitions=kafka.partitions) for s in TOPIC_SUFFIXES
+    }
+    return app
+
+
+class FeedbackService(Service):  # type: ignore[misc]
+    """Hosts a :class:`FeedbackConsumer` inside the Faust worker's lifecycle."""
+
+    def __init__(self, consumer: FeedbackConsumer, **kwargs: Any) -> None:
+        self.feedback = consumer
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.feedback.start()
+
+    @Service.task
+    async def _consume(self) -> None:
+        await self.feedback.run()
+
+    async def on_stop(self) -> None:
+        self.feedback.request_stop()
+        await self.feedback.stop()
+
+
+def add_drift_agent(
+    app: faust.App, kafka: KafkaConfig, on_drift: Callable[[DriftEvent], Awaitable[None]]
+) -> None:
+    """Follow ``learnloop.drift``: each alarm is logged and handed to ``on_drift`` (e.g. the history)."""
+    topics = app.contract_topics  # type: ignore[attr-defined]
+
+    @app.agent(topics["drift"], name=f"{kafka.topic_prefix}drift-log")  # type: ignore[misc]
+    async def drift_log(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                ev = parse_event(event.value, DriftEvent)
+            except InvalidEvent as exc:
+                dl = DeadLetter.from_record(
+                    topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+                    value=msg.value, error=exc, source=f"{kafka.client_id}-drift-log",
+                )
+                await topics["deadletter"].send(key=msg.key, value=dl.to_json())
+                continue
+            assert isinstance(ev, DriftEvent)
+            await on_drift(ev)

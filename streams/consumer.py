@@ -1,0 +1,344 @@
+"""The high-volume feedback loop: aiokafka ``getmany`` batches, snapshots paired with offsets.
+
+Faust's per-event stream machinery costs most of the budget on this path
+(DESIGN.md, 'Measured'), so this loop owns its consumer and its offsets. The
+source of truth for where a partition resumes is the offset stored *inside*
+the learner snapshot in Redis, written atomically with the event ids it
+accepted; Kafka's committed offset is written afterwards for lag tools only.
+A worker killed at any point resumes from the last snapshot, replays the
+records after it, and ends in the state of a run that was never killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from learners.snapshot import dump_snapshot, load_snapshot
+from schemas import Envelope
+from schemas.errors import StoreUnavailable
+from streams.config import FeedbackConfig, KafkaConfig
+from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
+from streams.ports import PartitionStateStore
+from streams.producer import route
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsumerStats:
+    """Running totals for metrics and the live view (not crash-consistent; the snapshots are)."""
+
+    batches: int = 0
+    records: int = 0
+    learned: int = 0
+    duplicates: int = 0
+    drifts: int = 0
+    snapshots: int = 0
+    deadlettered: dict[str, int] = field(default_factory=dict)
+    last_batch_s: float = 0.0
+
+    def add(self, r: BatchResult) -> None:
+        self.learned += r.learned
+        self.duplicates += r.duplicates
+        self.drifts += r.drifts
+        for k, v in r.deadlettered.items():
+            self.deadlettered[k] = self.deadlettered.get(k, 0) + v
+
+
+class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Consumes feedback and predictions; hands batches to a :class:`FeedbackProcessor`."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaConfig,
+        config: FeedbackConfig,
+        processor: FeedbackProcessor,
+        store: PartitionStateStore,
+        snapshot_key: bytes,
+        topics: Topics | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.config = config
+        self.processor = processor
+        self.store = store
+        self.snapshot_key = snapshot_key
+        self.topics = topics or Topics(kafka.topic_prefix)
+        self.states: dict[TopicPartition, PartitionState] = {}
+        self.stats = ConsumerStats()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self._last_progress = 0.0
+        self._prediction_positions: dict[TopicPartition, int] = {}
+        self._dirty = False  # in-memory state diverged from the snapshots after a failed step
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            client_id=f"{self.kafka.client_id}-feedback-out",
+            acks="all",
+            linger_ms=self.kafka.linger_ms,
+            **self.kafka.client_kwargs(),  # type: ignore[arg-type]
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            group_id=self.config.group_id,
+            client_id=f"{self.kafka.client_id}-feedback",
+            enable_auto_commit=False,
+            auto_offset_reset=self.config.auto_offset_reset,
+            session_timeout_ms=self.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **self.kafka.client_kwargs(),  # type: ignore[arg-type]
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.topics.feedback, self.topics.predictions], listener=self)
+        log.info("feedback consumer started (group %s)", self.config.group_id)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Snapshot every owned partition, then leave the group."""
+        self._stopping.set()
+        async with self._lock:
+            if self._consumer is not None and self.states and not self._dirty:
+                await self._commit_all()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        log.info("feedback consumer stopped")
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    # -- rebalance -------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._lock:
+            mine = [tp for tp in revoked if tp in self.states]
+            for tp in mine if not self._dirty else []:
+                await self._commit_partition(tp)
+            for tp in mine:
+                del self.states[tp]
+            await self._commit_predictions()
+            for tp in revoked:
+                self._prediction_positions.pop(tp, None)
+            if mine:
+                log.info("released partitions %s", sorted(tp.partition for tp in mine))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in assigned:
+                if tp.topic != self.topics.feedback:
+                    continue
+                state = await self._restore(tp)
+                self.states[tp] = state
+                if state.offset >= 0:
+                    self.consumer.seek(tp, state.next_offset)
+                else:
+                    await self._seek_reset(tp)
+            if assigned:
+                log.info("assigned %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(assigned)))
+
+    async def _seek_reset(self, tp: TopicPartition) -> None:
+        if self.config.auto_offset_reset == "earliest":
+            await self.consumer.seek_to_beginning(tp)
+        else:
+            await self.consumer.seek_to_end(tp)
+
+    async def _restore(self, tp: TopicPartition) -> PartitionState:
+        blob = await self.store.load(tp.topic, tp.partition)
+        if blob is None:
+            return PartitionState(tp.topic, tp.partition)
+        state, meta = load_snapshot(blob, key=self.snapshot_key)  # SnapshotError stops the worker
+        if not isinstance(state, PartitionState):
+            raise TypeError(f"snapshot for {tp} holds {type(state).__name__}, not PartitionState")
+        log.info(
+            "restored %s:%d at offset %d (%d learners, %d events learned)",
+            tp.topic, tp.partition, state.next_offset, len(state.slots), meta.n_seen,
+        )
+        return state
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until asked to stop. Infrastructure failures rewind to the last snapshot and retry."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_max_records
+                )
+                # Shielded: a cancellation (shutdown) never leaves a half-applied batch behind;
+                # stop() waits on the lock the step holds.
+                await asyncio.shield(asyncio.ensure_future(self._step(batch)))
+                await self._maybe_publish_progress()
+                delay = 0.5
+            except (TimeoutError, StoreUnavailable, KafkaError, OSError) as exc:
+                self._dirty = True
+                log.error("%s; pausing %.1fs, then resuming from the last snapshot (nothing is lost)", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                with contextlib.suppress(StoreUnavailable, KafkaError, OSError, asyncio.TimeoutError):
+                    await self._rewind()
+
+    async def _step(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        async with self._lock:
+            if self._dirty:
+                return  # an earlier step failed; _rewind must run first
+            t0 = time.perf_counter()
+            try:
+                await self._handle(batch)
+                await self._maybe_commit()
+            except BaseException:
+                self._dirty = True
+                raise
+            self.stats.last_batch_s = time.perf_counter() - t0
+
+    async def _rewind(self) -> None:
+        """Drop in-memory progress and resume every owned partition from its stored snapshot."""
+        async with self._lock:
+            for tp in list(self.states):
+                state = await self._restore(tp)
+                self.states[tp] = state
+                if state.offset >= 0:
+                    self.consumer.seek(tp, state.next_offset)
+                else:
+                    await self._seek_reset(tp)
+            for tp in list(self._prediction_positions):
+                committed = await self.consumer.committed(tp)
+                if committed is not None:
+                    self.consumer.seek(tp, committed)
+                else:
+                    await self._seek_reset(tp)
+            self._prediction_positions.clear()
+            self._since_snapshot = 0
+            self._dirty = False
+            log.info("rewound %d partition(s) to their snapshots", len(self.states))
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        outputs: list[Envelope] = []
+        # Predictions first, so feedback in the same batch can join to them.
+        for tp, records in batch.items():
+            if tp.topic == self.topics.predictions and records:
+                r = await self.processor.store_predictions(records)
+                self.stats.add(r)
+                outputs.extend(r.outputs)
+                self._prediction_positions[tp] = records[-1].offset + 1
+                self.stats.records += len(records)
+        for tp, records in batch.items():
+            if tp.topic != self.topics.feedback or not records:
+                continue
+            state = self.states.get(tp)
+            if state is None:
+                continue  # revoked while the fetch was in flight: its new owner will read it
+            r = await self.processor.process(state, records)
+            self.stats.add(r)
+            outputs.extend(r.outputs)
+            self.stats.records += len(records)
+            self._since_snapshot += len(records)
+        for state in self.states.values():
+            if state.pending:
+                r = await self.processor.poll_pending(state)
+                self.stats.add(r)
+                outputs.extend(r.outputs)
+        if batch:
+            self.stats.batches += 1
+        await self._send(outputs)
+
+    async def _send(self, events: list[Envelope]) -> None:
+        """Send derived events and wait for the acks: a snapshot never covers an unsent output."""
+        if not events:
+            return
+        assert self._producer is not None
+        futures = []
+        for e in events:
+            topic, key = route(e, self.topics)
+            futures.append(await self._producer.send(topic, value=e.to_json(), key=key))
+        await asyncio.gather(*futures)
+
+    async def _maybe_commit(self) -> None:
+        due_events = self._since_snapshot >= self.config.snapshot_every_events
+        due_time = time.monotonic() - self._last_snapshot >= self.config.snapshot_every_s
+        if due_events or (due_time and (self._since_snapshot or self._prediction_positions)):
+            await self._commit_all()
+
+    async def _commit_all(self) -> None:
+        for tp in list(self.states):
+            await self._commit_partition(tp)
+        await self._commit_predictions()
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+
+    async def _commit_partition(self, tp: TopicPartition) -> None:
+        state = self.states[tp]
+        if state.offset < 0 and not state.slots:
+            return
+        ids, state.uncommitted_ids = state.uncommitted_ids, []
+        try:
+            n_seen = sum(s.learner.n_seen for s in state.slots.values())
+            blob = dump_snapshot(
+                state,
+                key=self.snapshot_key,
+                n_seen=n_seen,
+                offsets={f"{tp.topic}:{tp.partition}": state.next_offset},
+                extra={"counters": dict(state.counters)},
+            )
+            await self.store.commit(
+                tp.topic,
+                tp.partition,
+                snapshot=blob,
+                offset=state.next_offset,
+                event_ids=ids,
+                statuses=state.statuses(),
+            )
+        except BaseException:
+            state.uncommitted_ids = ids + state.uncommitted_ids
+            raise
+        self.stats.snapshots += 1
+        await self._kafka_commit({tp: state.next_offset})
+
+    async def _commit_predictions(self) -> None:
+        if self._prediction_positions:
+            await self._kafka_commit(dict(self._prediction_positions))
+            self._prediction_positions.clear()
+
+    async def _kafka_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        # For lag tools and prediction replay; the snapshot already made the state durable.
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            log.info("kafka offset commit skipped (%s); the snapshot holds the position", exc)
+
+    async def _maybe_publish_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < 0.5:
+            return
+        self._last_progress = now
+        for tp, state in list(self.states.items()):
+            hw = self.consumer.highwater(tp)
+            await self.store.publish_progress(
+                self.config.group_id, tp.topic, tp.partition,
+                position=state.next_offset, highwater=hw, counters=state.counters,
+            )

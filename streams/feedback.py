@@ -1,0 +1,381 @@
+"""The feedback pipeline: decode → validate → dedup → join → learn, one partition batch at a time.
+
+Plain asyncio code over the ports in ``streams.ports``; the Kafka loop that feeds
+it lives in ``streams.consumer``. Everything a crash must not lose or repeat —
+the learners, the offset they cover, counters, feedback waiting for its
+prediction — lives in :class:`PartitionState`, which is snapshotted whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from learners.config import LearnersConfig, LearnerSpec
+from learners.labels import resolve_target
+from learners.online import OnlineLearner
+from schemas import (
+    DataWindow,
+    DeadLetter,
+    DriftEvent,
+    Envelope,
+    ErrorInfo,
+    FeedbackEvent,
+    PredictionEvent,
+    RetrainRequest,
+    WindowStats,
+    parse_event,
+)
+from schemas.errors import InvalidEvent
+from streams.ports import JoinStore, PartitionStateStore, RecordLike
+
+log = logging.getLogger(__name__)
+
+# Ids of events we derive (drift, retrain, dead letters) are uuid5 of their
+# cause, so a replay after a crash re-emits the same ids and consumers dedup.
+_NS = uuid.UUID("6f1c9a52-3b7e-4c1d-9a0e-2f4b8d7c6e15")
+
+TEXT_FEATURE = "__text__"
+
+
+def derived_id(*parts: object) -> uuid.UUID:
+    """Deterministic event id for an event caused by ``parts``.
+
+    >>> derived_id("drift", "sea", 100) == derived_id("drift", "sea", 100)
+    True
+    """
+    return uuid.uuid5(_NS, ":".join(str(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """The bytes and coordinates of a consumed record, kept for dead-lettering."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @classmethod
+    def of(cls, r: RecordLike) -> RawRecord:
+        return cls(r.topic, r.partition, r.offset, r.key, r.value)
+
+
+@dataclass
+class PendingFeedback:
+    """Feedback whose prediction has not arrived yet."""
+
+    event: FeedbackEvent
+    record: RawRecord
+    deadline: float  # wall clock (time.time()) after which it is dead-lettered as orphaned
+
+
+@dataclass
+class LearnerSlot:
+    learner: OnlineLearner
+    last_event_at: datetime | None = None  # event time of the newest learned event
+    learned_at: float | None = None  # wall clock of the last learn
+
+
+@dataclass
+class PartitionState:
+    """Everything one feedback partition's processing depends on; pickled into the snapshot."""
+
+    topic: str
+    partition: int
+    offset: int = -1  # last offset processed; the consumer resumes at offset + 1
+    slots: dict[str, LearnerSlot] = field(default_factory=dict)
+    pending: list[PendingFeedback] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+    # ids accepted since the last commit; they join the Redis window at commit time
+    uncommitted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + 1
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, slot in self.slots.items():
+            st = slot.learner.status()
+            st["last_event_at"] = slot.last_event_at.isoformat() if slot.last_event_at else None
+            st["learned_at"] = slot.learned_at
+            st["partition"] = self.partition
+            st["topic"] = self.topic
+            st["offset"] = self.offset
+            out[name] = st
+        return out
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced: events to send and counts to export."""
+
+    outputs: list[Envelope] = field(default_factory=list)
+    learned: int = 0
+    duplicates: int = 0
+    deadlettered: Counter[str] = field(default_factory=Counter)
+    drifts: int = 0
+
+    def add_deadletter(self, dl: DeadLetter) -> None:
+        self.outputs.append(dl)
+        self.deadlettered[dl.reason] += 1
+
+
+class FeedbackProcessor:
+    """Turns batches of feedback records into learning, drift events and dead letters."""
+
+    def __init__(
+        self,
+        *,
+        learners: LearnersConfig,
+        store: PartitionStateStore,
+        joins: JoinStore,
+        source: str,
+        join_ttl_s: int = 86_400,
+        orphan_wait_s: float = 60.0,
+        orphan_max: int = 50_000,
+        clock: Any = time.time,
+    ) -> None:
+        self.learners = learners
+        self.store = store
+        self.joins = joins
+        self.source = source
+        self.join_ttl_s = join_ttl_s
+        self.orphan_wait_s = orphan_wait_s
+        self.orphan_max = orphan_max
+        self.clock = clock
+
+    # -- dead letters --------------------------------------------------------
+
+    def dead_letter(self, rec: RawRecord, error: BaseException, reason: str | None = None) -> DeadLetter:
+        dl = DeadLetter.from_record(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=rec.value,
+            error=error,
+            source=self.source,
+            reason=reason,
+        )
+        return dl.model_copy(update={"event_id": derived_id("deadletter", rec.topic, rec.partition, rec.offset)})
+
+    # -- predictions -----------------------------------------------------------
+
+    async def store_predictions(self, records: Sequence[RecordLike]) -> BatchResult:
+        """Keep each prediction's features for the later label (idempotent: keyed by prediction_id)."""
+        result = BatchResult()
+        rows: dict[str, bytes] = {}
+        for r in records:
+            raw = RawRecord.of(r)
+            try:
+                ev = parse_event(raw.value or b"", PredictionEvent)
+            except InvalidEvent as exc:
+                result.add_deadletter(self.dead_letter(raw, exc))
+                continue
+            assert isinstance(ev, PredictionEvent)
+            rows[ev.prediction_id] = ev.to_json()
+        if rows:
+            await self.joins.put_predictions(list(rows.items()), ttl_s=self.join_ttl_s)
+        return result
+
+    # -- feedback --------------------------------------------------------------
+
+    async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
+        """Process records of one partition, in offset order, updating ``state`` in place."""
+        result = BatchResult()
+        decoded: list[tuple[RawRecord, FeedbackEvent]] = []
+        for r in records:
+            if r.offset <= state.offset:
+                continue  # already covered by the snapshot (a re-fetch after seek)
+            raw = RawRecord.of(r)
+            state.offset = r.offset
+            state.counters["in"] += 1
+            try:
+                ev = parse_event(raw.value or b"", FeedbackEvent)
+            except InvalidEvent as exc:
+                result.add_deadletter(self.dead_letter(raw, exc))
+                continue
+            assert isinstance(ev, FeedbackEvent)
+            decoded.append((raw, ev))
+
+        fresh = await self._drop_duplicates(state, decoded, result)
+
+        ready: list[tuple[RawRecord, FeedbackEvent]] = []
+        waiting: list[tuple[RawRecord, FeedbackEvent]] = []
+        for raw, ev in fresh:
+            (waiting if ev.needs_join else ready).append((raw, ev))
+        if waiting:
+            now = self.clock()
+            state.pending.extend(PendingFeedback(ev, raw, now + self.orphan_wait_s) for raw, ev in waiting)
+        # Joined feedback is learned in the order its prediction became available.
+        ready = (await self._release_joined(state, result)) + ready if state.pending else ready
+
+        for raw, ev in ready:
+            self._learn(state, raw, ev, result)
+        self._expire_orphans(state, result)
+        self._tally(state, result)
+        return result
+
+    async def poll_pending(self, state: PartitionState) -> BatchResult:
+        """Retry the join for waiting feedback and expire the overdue (called when idle too)."""
+        result = BatchResult()
+        if state.pending:
+            for raw, ev in await self._release_joined(state, result):
+                self._learn(state, raw, ev, result)
+            self._expire_orphans(state, result)
+            self._tally(state, result)
+        return result
+
+    async def _drop_duplicates(
+        self,
+        state: PartitionState,
+        decoded: list[tuple[RawRecord, FeedbackEvent]],
+        result: BatchResult,
+    ) -> list[tuple[RawRecord, FeedbackEvent]]:
+        if not decoded:
+            return []
+        recent = set(state.uncommitted_ids)
+        ids = [str(ev.event_id) for _, ev in decoded]
+        to_ask = [i for i in dict.fromkeys(ids) if i not in recent]
+        known = dict(zip(to_ask, await self.store.seen(state.topic, state.partition, to_ask), strict=True))
+        fresh = []
+        for (raw, ev), eid in zip(decoded, ids, strict=True):
+            if eid in recent or known.get(eid):
+                result.duplicates += 1
+                continue
+            recent.add(eid)
+            state.uncommitted_ids.append(eid)
+            fresh.append((raw, ev))
+        return fresh
+
+    async def _release_joined(
+        self, state: PartitionState, result: BatchResult
+    ) -> list[tuple[RawRecord, FeedbackEvent]]:
+        ids = [p.event.prediction_id or "" for p in state.pending]
+        found = await self.joins.get_predictions(ids)
+        released: list[tuple[RawRecord, FeedbackEvent]] = []
+        still: list[PendingFeedback] = []
+        for p, blob in zip(state.pending, found, strict=True):
+            if blob is None:
+                still.append(p)
+                continue
+            try:
+                pred = parse_event(blob, PredictionEvent)
+            except InvalidEvent as exc:  # the store only holds validated events; be loud if not
+                result.add_deadletter(self.dead_letter(p.record, exc, "join_corrupt"))
+                continue
+            assert isinstance(pred, PredictionEvent)
+            if pred.learner != p.event.learner:
+                err = InvalidEvent(
+                    f"prediction {pred.prediction_id!r} belongs to learner {pred.learner!r}, "
+                    f"feedback names {p.event.learner!r}",
+                    reason="join_mismatch",
+                )
+                result.add_deadletter(self.dead_letter(p.record, err))
+                continue
+            joined = p.event.model_copy(update={"features": pred.features, "text": pred.text})
+            released.append((p.record, joined))
+            state.counters["joined"] += 1
+        state.pending = still
+        return released
+
+    def _expire_orphans(self, state: PartitionState, result: BatchResult) -> None:
+        if not state.pending:
+            return
+        now = self.clock()
+        overflow = max(0, len(state.pending) - self.orphan_max)
+        keep: list[PendingFeedback] = []
+        for i, p in enumerate(state.pending):
+            if i < overflow or p.deadline <= now:
+                why = "waited too long" if p.deadline <= now else "too many orphans waiting"
+                err = InvalidEvent(
+                    f"no prediction {p.event.prediction_id!r} arrived for this feedback ({why})",
+                    reason="orphaned",
+                )
+                result.add_deadletter(self.dead_letter(p.record, err))
+            else:
+                keep.append(p)
+        state.pending = keep
+
+    def _slot(self, state: PartitionState, name: str) -> LearnerSlot:
+        slot = state.slots.get(name)
+        if slot is None:
+            spec: LearnerSpec = self.learners.resolve(name)  # UnknownLearner in strict mode
+            slot = state.slots[name] = LearnerSlot(OnlineLearner(name, spec))
+        return slot
+
+    def _learn(self, state: PartitionState, raw: RawRecord, ev: FeedbackEvent, result: BatchResult) -> None:
+        try:
+            slot = self._slot(state, ev.learner)
+            spec = slot.learner.spec
+            target = resolve_target(
+                task=spec.task,
+                spec=spec.labels,
+                label=ev.label,
+                rating=ev.rating,
+                signal=ev.signal,
+                signal_value=ev.signal_value,
+            )
+        except InvalidEvent as exc:
+            result.add_deadletter(self.dead_letter(raw, exc))
+            return
+        x: dict[str, Any] = dict(ev.features) if ev.features else {}
+        if ev.text:
+            x[TEXT_FEATURE] = ev.text
+        outcome = slot.learner.learn_one(x, target)
+        slot.last_event_at = ev.occurred_at
+        slot.learned_at = self.clock()
+        result.learned += 1
+        if outcome.drift is not None:
+            result.drifts += 1
+            result.outputs.extend(self._drift_events(slot.learner, ev, outcome.drift))
+
+    def _drift_events(self, learner: OnlineLearner, ev: FeedbackEvent, d: Any) -> list[Envelope]:
+        drift = DriftEvent(
+            event_id=derived_id("drift", learner.name, d.n_seen),
+            source=self.source,
+            learner=learner.name,
+            detector=d.detector,
+            metric=d.metric,
+            n_seen=d.n_seen,
+            before=WindowStats(n=d.before_n, mean=d.before_mean),
+            after=WindowStats(n=d.after_n, mean=d.after_mean),
+            detected_at=datetime.now(UTC),
+            delta=d.delta,
+        )
+        log.warning(
+            "drift in learner %s at event %d: error %.3f -> %.3f",
+            learner.name, d.n_seen, d.before_mean, d.after_mean,
+        )
+        retrain = RetrainRequest(
+            event_id=derived_id("retrain", learner.name, d.n_seen),
+            request_id=derived_id("retrain-request", learner.name, d.n_seen),
+            source=self.source,
+            model=learner.spec.retrain_model or learner.name,
+            reason="drift",
+            learner=learner.name,
+            drift_event_id=drift.event_id,
+            window=DataWindow(end=ev.occurred_at),
+        )
+        return [drift, retrain]
+
+    @staticmethod
+    def _tally(state: PartitionState, result: BatchResult) -> None:
+        state.counters["learned"] += result.learned
+        state.counters["duplicates"] += result.duplicates
+        state.counters["drifts"] += result.drifts
+        for reason, n in result.deadlettered.items():
+            state.counters[f"deadletter:{reason}"] += n
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(type=type(exc).__name__, message=str(exc))

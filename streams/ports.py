@@ -1,0 +1,65 @@
+"""The I/O the streams layer needs, as small protocols.
+
+The Redis adapters live in ``workers.redis_store``; tests of the pipeline use
+in-memory ones. The pipeline never knows which it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+
+class RecordLike(Protocol):
+    """What the pipeline reads from a consumed record (aiokafka's ConsumerRecord fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class PartitionStateStore(Protocol):
+    """Snapshots of one input partition's state, committed atomically with its dedup ids."""
+
+    async def load(self, topic: str, partition: int) -> bytes | None: ...
+
+    async def seen(self, topic: str, partition: int, event_ids: Sequence[str]) -> list[bool]: ...
+
+    async def commit(
+        self,
+        topic: str,
+        partition: int,
+        *,
+        snapshot: bytes,
+        offset: int,
+        event_ids: Sequence[str],
+        statuses: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Write the snapshot, remember the ids and publish learner statuses, all or nothing."""
+        ...
+
+    async def publish_progress(
+        self,
+        group: str,
+        topic: str,
+        partition: int,
+        *,
+        position: int,
+        highwater: int | None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None: ...
+
+
+class JoinStore(Protocol):
+    """Features stored at prediction time, looked up when the label arrives."""
+
+    async def put_predictions(self, rows: Sequence[tuple[str, bytes]], *, ttl_s: int) -> None: ...
+
+    async def get_predictions(self, prediction_ids: Sequence[str]) -> list[bytes | None]: ...

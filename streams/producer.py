@@ -1,0 +1,194 @@
+"""Producer SDK: validate before sending, key as the contract says, batch.
+
+``EventProducer`` is the asyncio client; ``SyncEventProducer`` wraps it for
+threaded code and scripts. Both accept event models or plain dicts (which are
+validated with the same schemas the workers use, so a bad event fails in the
+app that made it, not in a dead-letter topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import (
+    ConversationEvent,
+    DeadLetter,
+    DriftEvent,
+    Envelope,
+    FeedbackEvent,
+    KnowledgeUpdate,
+    ModelUpdate,
+    PredictionEvent,
+    RetrainRequest,
+    parse_event,
+)
+from streams.config import KafkaConfig
+from streams.topics import Topics
+
+EventLike = Envelope | Mapping[str, Any] | bytes | str
+
+
+def route(event: Envelope, topics: Topics) -> tuple[str, bytes | None]:
+    """The topic and key an event goes to (DESIGN.md, 'Topics').
+
+    >>> from schemas import ConversationEvent
+    >>> e = ConversationEvent(conversation_id="c1", turn=0, role="user", text="hi", source="doc")
+    >>> route(e, Topics())
+    ('learnloop.conversations', b'c1')
+    """
+    if isinstance(event, FeedbackEvent):
+        return topics.feedback, event.learner.encode()
+    if isinstance(event, PredictionEvent):
+        return topics.predictions, event.prediction_id.encode()
+    if isinstance(event, ConversationEvent):
+        return topics.conversations, event.conversation_id.encode()
+    if isinstance(event, DriftEvent):
+        return topics.drift, event.learner.encode()
+    if isinstance(event, RetrainRequest):
+        return topics.retrain, event.model.encode()
+    if isinstance(event, ModelUpdate):
+        return topics.model_updates, event.model.encode()
+    if isinstance(event, KnowledgeUpdate):
+        return topics.knowledge, event.conversation_id.encode()
+    if isinstance(event, DeadLetter):
+        return topics.deadletter, event.key.encode() if event.key is not None else None
+    raise TypeError(f"no topic for {type(event).__name__}")
+
+
+def as_event(item: EventLike) -> Envelope:
+    """Validate a dict/JSON into its event model; models pass through (they are frozen and valid)."""
+    if isinstance(item, Envelope):
+        return item
+    return parse_event(item if isinstance(item, bytes | str) else dict(item))
+
+
+class EventProducer:
+    """Async producer for learnloop events.
+
+    Sends are batched by the underlying client (``linger_ms``); ``send`` returns once
+    the event is queued, ``flush`` waits for the broker to acknowledge everything.
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, topics: Topics | None = None, acks: int | str = "all") -> None:
+        self._kafka = kafka
+        self.topics = topics or Topics(kafka.topic_prefix)
+        self._acks = acks
+        self._producer: AIOKafkaProducer | None = None
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            client_id=f"{self._kafka.client_id}-producer",
+            acks=self._acks,
+            linger_ms=self._kafka.linger_ms,
+            max_batch_size=self._kafka.max_batch_size,
+            enable_idempotence=False,
+            **self._kafka.client_kwargs(),  # type: ignore[arg-type]
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            try:
+                await self.flush()
+            finally:
+                await self._producer.stop()
+                self._producer = None
+
+    async def __aenter__(self) -> EventProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("producer is not started: use 'async with EventProducer(...)' or await start()")
+        return self._producer
+
+    async def send(self, item: EventLike) -> Envelope:
+        """Validate and queue one event; returns the validated event (with its event_id)."""
+        event = as_event(item)
+        topic, key = route(event, self.topics)
+        fut = await self.producer.send(topic, value=event.to_json(), key=key)
+        self._pending.append(fut)
+        if len(self._pending) >= 10_000:
+            await self._drain()
+        return event
+
+    async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send bytes as they are (tests of bad input, replaying dead letters)."""
+        self._pending.append(await self.producer.send(topic, value=value, key=key))
+
+    async def send_many(self, items: Iterable[EventLike]) -> list[Envelope]:
+        events = [as_event(i) for i in items]  # validate all before sending any
+        for e in events:
+            await self.send(e)
+        return events
+
+    async def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+        await self._drain()
+
+
+class SyncEventProducer:
+    """Blocking wrapper around :class:`EventProducer` for scripts and threaded apps.
+
+    A private event loop runs in a daemon thread; every call is thread-safe.
+    """
+
+    def __init__(self, kafka: KafkaConfig, *, topics: Topics | None = None, acks: int | str = "all") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="learnloop-producer", daemon=True)
+        self._thread.start()
+        self._async = EventProducer(kafka, topics=topics, acks=acks)
+        self._call(self._async.start())
+
+    def _call(self, coro: Any) -> Any:
+        fut: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result()
+
+    @property
+    def topics(self) -> Topics:
+        return self._async.topics
+
+    def send(self, item: EventLike) -> Envelope:
+        return self._call(self._async.send(item))  # type: ignore[no-any-return]
+
+    def send_many(self, items: Iterable[EventLike]) -> list[Envelope]:
+        return self._call(self._async.send_many(list(items)))  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        self._call(self._async.flush())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._async.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def __enter__(self) -> SyncEventProducer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,211 @@
+"""The feedback consumer in-process, against the real broker and a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from learners.config import load_learners_file
+from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, RetrainRequest, parse_event
+from streams.admin import ensure_topics
+from streams.consumer import FeedbackConsumer
+from streams.feedback import FeedbackProcessor
+from streams.producer import EventProducer
+from streams.topics import Topics
+from tests.integration.util import read_topic, wait_for
+from workers.redis_store import RedisStore
+from workers.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+LEARNERS = """
+strict = true
+[learners.sea]
+task = "binary"
+model = "logistic_regression"
+retrain_model = "sea-text"
+[learners.sea.drift]
+delta = 0.002
+cooldown = 1000
+[learners.rated]
+task = "binary"
+[learners.rated.labels]
+rating_threshold = 3.5
+"""
+
+
+class Running:
+    def __init__(self, consumer: FeedbackConsumer, task: asyncio.Task[None], store: RedisStore) -> None:
+        self.consumer, self.task, self.store = consumer, task, store
+
+    async def statuses(self) -> dict[str, dict[str, object]]:
+        return {s["name"]: s for s in await self.store.learner_statuses()}
+
+
+async def start_consumer(settings: Settings, **overrides: object) -> Running:
+    settings.learners_file.write_text(LEARNERS)
+    fb = settings.feedback.model_copy(update=overrides)
+    store = RedisStore.from_config(settings.redis, dedup_window=fb.dedup_window)
+    processor = FeedbackProcessor(
+        learners=load_learners_file(settings.learners_file, required=True),
+        store=store, joins=store, source="test", join_ttl_s=fb.join_ttl_s,
+        orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max,
+    )
+    consumer = FeedbackConsumer(
+        kafka=settings.kafka, config=fb, processor=processor, store=store,
+        snapshot_key=settings.snapshot.key.get_secret_value().encode(),
+    )
+    await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
+    await consumer.start()
+    return Running(consumer, asyncio.create_task(consumer.run()), store)
+
+
+async def stop_consumer(r: Running) -> None:
+    r.consumer.request_stop()
+    await r.task
+    await r.consumer.stop()
+    await r.store.close()
+
+
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    r = await start_consumer(settings, orphan_wait_s=1.0)
+    yield r
+    await stop_consumer(r)
+
+
+async def test_invalid_events_are_dead_lettered_with_reason_and_offset(
+    settings: Settings, running: Running
+) -> None:
+    topics = Topics(settings.kafka.topic_prefix)
+    good = [FeedbackEvent(learner="sea", features={"a": float(i), "b": 1.0}, label=i % 2 == 0, source="t")
+            for i in range(50)]
+    bad = {
+        b"{not json": "invalid_json",
+        b'{"schema": "feedback/1", "learner": "sea", "label": true, "source": "t"}': "validation",
+        json.dumps({"schema": "feedback/1", "learner": "nobody", "features": {"a": 1}, "label": True,
+                    "source": "t"}).encode(): "unknown_learner",
+        json.dumps({"schema": "feedback/1", "learner": "sea", "features": {"a": 1}, "signal": "wiggle",
+                    "source": "t"}).encode(): "unmappable_label",
+        b'{"schema": "feedback/9", "learner": "sea"}': "unknown_schema",
+    }
+    async with EventProducer(settings.kafka) as p:
+        for e in good[:25]:
+            await p.send(e)
+        for raw in bad:
+            await p.send_raw(topics.feedback, raw, key=b"sea")
+        for e in good[25:]:
+            await p.send(e)
+
+    dead = await read_topic(settings.kafka, topics.deadletter, expect=len(bad))
+    letters = [parse_event(r.value, DeadLetter) for r in dead]
+    assert len(letters) == len(bad)
+    by_payload = {base64.b64decode(dl.payload): dl for dl in letters}  # type: ignore[attr-defined]
+    assert set(by_payload) == set(bad)  # the original bytes, exactly
+    for raw, reason in bad.items():
+        dl = by_payload[raw]
+        assert dl.reason == reason, (raw, dl.error)  # type: ignore[attr-defined]
+        assert dl.source_topic == topics.feedback  # type: ignore[attr-defined]
+        assert dl.offset >= 25 and dl.error.message  # type: ignore[attr-defined]
+
+    async def learned_all() -> bool:
+        st = await running.statuses()
+        return st.get("sea", {}).get("n_learned") == len(good)
+
+    await wait_for(learned_all, what="the 50 valid events to be learned")
+
+
+async def test_duplicates_by_event_id_are_learned_once(settings: Settings, running: Running) -> None:
+    events = [FeedbackEvent(learner="sea", features={"a": float(i)}, label=i % 3 == 0, source="t")
+              for i in range(40)]
+    async with EventProducer(settings.kafka) as p:
+        await p.send_many(events)
+        await p.send_many(events[:15])  # a producer retrying
+
+    async def done() -> bool:
+        st = await running.statuses()
+        return st.get("sea", {}).get("n_learned") == 40 and running.consumer.stats.duplicates == 15
+
+    await wait_for(done, what="40 learned and 15 duplicates dropped")
+    await asyncio.sleep(0.5)
+    assert (await running.statuses())["sea"]["n_learned"] == 40
+
+
+async def test_label_joins_the_features_of_its_prediction(settings: Settings, running: Running) -> None:
+    pid = f"p-{uuid.uuid4()}"
+    async with EventProducer(settings.kafka) as p:
+        # The label arrives first; it waits for its prediction.
+        await p.send(FeedbackEvent(learner="rated", prediction_id=pid, rating=4.5, source="t"))
+        await p.flush()
+        await asyncio.sleep(0.3)
+        await p.send(PredictionEvent(prediction_id=pid, learner="rated", features={"x": 2.0},
+                                     prediction=True, model_version="v1", source="t"))
+        # A label for a prediction that never comes is dead-lettered as orphaned.
+        await p.send(FeedbackEvent(learner="rated", prediction_id="never", label=True, source="t"))
+
+    async def joined() -> bool:
+        st = await running.statuses()
+        return st.get("rated", {}).get("n_learned") == 1
+
+    await wait_for(joined, what="the joined feedback to be learned")
+    dead = await read_topic(settings.kafka, Topics(settings.kafka.topic_prefix).deadletter, expect=1, timeout=10)
+    reasons = [parse_event(r.value, DeadLetter).reason for r in dead]  # type: ignore[attr-defined]
+    assert reasons == ["orphaned"]
+
+
+async def test_one_drift_event_and_one_retrain_request_per_drift(settings: Settings, running: Running) -> None:
+    from tests.reference import sea_with_switch
+
+    events = [FeedbackEvent(learner="sea", features=x, label=y, source="t")
+              for x, y in sea_with_switch(4000, 4000)]
+    async with EventProducer(settings.kafka) as p:
+        await p.send_many(events)
+
+    async def learned() -> bool:
+        return (await running.statuses()).get("sea", {}).get("n_learned") == len(events)
+
+    await wait_for(learned, what="8,000 events learned")
+    status = (await running.statuses())["sea"]
+    assert status["drifts"] >= 1
+    topics = Topics(settings.kafka.topic_prefix)
+    drifts = [parse_event(r.value, DriftEvent) for r in
+              await read_topic(settings.kafka, topics.drift, expect=status["drifts"] + 1, timeout=3)]
+    retrains = [parse_event(r.value, RetrainRequest) for r in
+                await read_topic(settings.kafka, topics.retrain, expect=status["drifts"] + 1, timeout=3)]
+    assert len(drifts) == len(retrains) == status["drifts"]
+    last = drifts[-1]
+    assert isinstance(last, DriftEvent)
+    assert last.n_seen == status["last_drift"]["n_seen"]  # type: ignore[index]
+    first = drifts[0]
+    assert isinstance(first, DriftEvent)
+    assert 4000 < first.n_seen < 4500  # soon after the concept switch
+    assert first.after.mean > first.before.mean  # the error went up
+    assert {r.model for r in retrains} == {"sea-text"}  # type: ignore[attr-defined]
+    assert {r.drift_event_id for r in retrains} == {d.event_id for d in drifts}  # type: ignore[attr-defined]
+
+
+async def test_a_restarted_consumer_resumes_from_its_snapshot(settings: Settings) -> None:
+    events = [FeedbackEvent(learner="sea", features={"a": float(i % 7)}, label=i % 2 == 0, source="t")
+              for i in range(300)]
+    r = await start_consumer(settings)
+    async with EventProducer(settings.kafka) as p:
+        await p.send_many(events[:200])
+
+    async def n(k: int) -> bool:
+        return (await r.statuses()).get("sea", {}).get("n_learned") == k
+
+    await wait_for(lambda: n(200), what="200 learned")
+    await stop_consumer(r)
+
+    r = await start_consumer(settings)
+    async with EventProducer(settings.kafka) as p:
+        await p.send_many(events[200:])
+    await wait_for(lambda: n(300), what="300 learned after the restart")
+    await asyncio.sleep(0.5)
+    assert (await r.statuses())["sea"]["n_learned"] == 300
+    await stop_consumer(r)

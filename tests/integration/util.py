@@ -1,0 +1,89 @@
+"""Helpers for integration tests: read topics, run workers as real processes, wait for state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.config import KafkaConfig
+from workers.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def read_topic(kafka: KafkaConfig, topic: str, *, expect: int, timeout: float = 20.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning, until ``expect`` arrived or ``timeout``."""
+    c = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
+    await c.start()
+    try:
+        deadline = time.monotonic() + timeout
+        parts = None
+        while parts is None and time.monotonic() < deadline:
+            parts = c.partitions_for_topic(topic)
+            if parts is None:
+                await c._client.force_metadata_update()  # the topic may not exist yet
+                await asyncio.sleep(0.1)
+        if not parts:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        out: list[Any] = []
+        while len(out) < expect and time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+        return out
+    finally:
+        await c.stop()
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 60.0, every: float = 0.1, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def start_worker(env: dict[str, str], log: Path, kind: str = "feedback") -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "worker", kind], cwd=ROOT, env=env, stdout=out, stderr=out
+    )
+    out.close()
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    res = subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def write_learners(settings: Settings, text: str) -> None:
+    settings.learners_file.write_text(text)

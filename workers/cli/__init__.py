@@ -1,0 +1,59 @@
+"""The `learnloop` command: one Typer app, one sub-app per command group.
+
+Errors we raise on purpose (``LearnloopError``) print as one line on stderr and
+exit with code 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from schemas.errors import LearnloopError
+from workers.cli import produce_cmd, schemas_cmd, stack_cmd, status_cmd, worker_cmd
+
+app = typer.Typer(
+    name="learnloop",
+    help="Event-driven continuous learning: online learners on Kafka, drift alarms, retraining.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(schemas_cmd.app, name="schemas")
+app.add_typer(worker_cmd.app, name="worker")
+app.command("dev")(stack_cmd.dev)
+app.command("demo")(stack_cmd.demo)
+app.command("learners")(status_cmd.learners)
+app.command("produce")(produce_cmd.produce)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except LearnloopError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,22 @@
+"""`learnloop worker ...`: long-running processes."""
+
+from __future__ import annotations
+
+import typer
+
+from workers.cli.common import settings
+
+app = typer.Typer(help="Run a worker against the configured broker and Redis.", no_args_is_help=True)
+
+
+@app.command("feedback")
+def feedback() -> None:
+    """Learn from learnloop.feedback (joined with learnloop.predictions); emit drift and retrain events."""
+    from learners.config import load_learners_file
+    from workers.cli import setup_logging
+    from workers.feedback_worker import run_feedback_worker
+
+    s = settings()
+    learners = load_learners_file(s.learners_file)  # a bad file fails here, in one line
+    setup_logging(s.log_level)
+    run_feedback_worker(s, learners=learners)

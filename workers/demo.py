@@ -1,0 +1,180 @@
+"""`learnloop demo`: replay a drifting stream through the SDK and watch the system learn, live.
+
+The stream is River's SEA generator with an abrupt concept switch (variant 0,
+then variant 3 after ``switch_at`` events): the threshold that separates the
+classes moves, accuracy drops, ADWIN sees the error rise and the worker emits
+a drift event and a retrain request. Two learners (logistic regression and a
+Hoeffding adaptive tree) see the same events; a share of the feedback arrives
+as a prediction followed by a label-only event to exercise the join, and a
+few malformed events show the dead-letter path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from river.datasets import synth
+
+from schemas import Envelope, FeedbackEvent, PredictionEvent
+from streams.admin import ensure_topics
+from streams.producer import EventProducer
+from workers.redis_store import RedisStore
+from workers.settings import Settings
+
+DEMO_LEARNERS = ("sea-linear", "sea-tree")
+
+
+def demo_learners_file() -> Path:
+    return Path(str(resources.files("workers").joinpath("demo_learners.toml")))
+
+
+def sea_stream(n: int, *, switch_at: int, seed: int = 7) -> Iterator[tuple[dict[str, float], bool]]:
+    """``n`` SEA samples: variant 0 up to ``switch_at``, variant 3 after (an abrupt switch)."""
+    before = synth.SEA(variant=0, seed=seed)
+    after = synth.SEA(variant=3, seed=seed + 1)
+    chained = itertools.chain(before.take(switch_at), after.take(max(0, n - switch_at)))
+    for x, y in chained:
+        yield {f"x{k}": float(v) for k, v in x.items()}, bool(y)
+
+
+def demo_events(n: int, *, switch_at: int, join_every: int = 10) -> Iterator[Envelope | bytes]:
+    """Events for every demo learner; every ``join_every``-th sample goes through the prediction join."""
+    for i, (x, y) in enumerate(sea_stream(n, switch_at=switch_at)):
+        for learner in DEMO_LEARNERS:
+            if i % join_every == join_every - 1:
+                pid = f"{learner}-{i}"
+                yield PredictionEvent(
+                    prediction_id=pid, learner=learner, features=x, prediction=None,
+                    model_version="demo", source="demo",
+                )
+                yield FeedbackEvent(learner=learner, prediction_id=pid, label=y, source="demo")
+            else:
+                yield FeedbackEvent(learner=learner, features=x, label=y, source="demo")
+        if i % 5000 == 2500:
+            yield b'{"schema": "feedback/1", "learner": "sea-linear", "label": "maybe"}'  # a bad event
+
+
+@dataclass
+class DemoView:
+    produced: int = 0
+    started: float = field(default_factory=time.monotonic)
+    learners: list[dict[str, Any]] = field(default_factory=list)
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    drifts: list[dict[str, Any]] = field(default_factory=list)
+    rates: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def learned(self) -> int:
+        return sum(int(r.get("n_learned", 0)) for r in self.learners)
+
+    @property
+    def deadlettered(self) -> int:
+        return sum(v for p in self.progress for k, v in p.get("counters", {}).items() if k.startswith("deadletter:"))
+
+    @property
+    def lag(self) -> int:
+        return sum(p["lag"] or 0 for p in self.progress)
+
+    def learned_per_s(self) -> float:
+        self.rates.append((time.monotonic(), self.learned))
+        self.rates = self.rates[-6:]
+        (t0, n0), (t1, n1) = self.rates[0], self.rates[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def render(self) -> Group:
+        elapsed = time.monotonic() - self.started
+        head = (
+            f"produced {self.produced:,} events in {elapsed:.0f}s · learned {self.learned:,} "
+            f"({self.learned_per_s():,.0f}/s) · dead-lettered {self.deadlettered} · lag {self.lag:,}"
+        )
+        t = Table("learner", "model", "learned", "accuracy", "rolling acc.", "drifts", "last drift at event")
+        for r in self.learners:
+            m = r.get("metrics", {})
+            t.add_row(
+                r["name"], r.get("model", ""), f"{r.get('n_learned', 0):,}",
+                f"{m.get('accuracy', 0):.4f}", f"{m.get('rolling_accuracy', 0):.4f}",
+                str(r.get("drifts", 0)), str((r.get("last_drift") or {}).get("n_seen", "-")),
+            )
+        d = Table("drift alarm", "learner", "at event", "error before", "error after")
+        for ev in self.drifts[:6]:
+            d.add_row(
+                ev["detected_at"][11:19], ev["learner"], f"{ev['n_seen']:,}",
+                f"{ev['before']['mean']:.3f}", f"{ev['after']['mean']:.3f}",
+            )
+        lag = Table("topic", "partition", "position", "log end", "lag")
+        for p in self.progress:
+            lag.add_row(p["topic"], str(p["partition"]), f"{p['position']:,}", f"{p['highwater'] or 0:,}",
+                        f"{p['lag'] or 0:,}")
+        return Group(Panel(head, title="learnloop demo"), t, d, lag)
+
+
+async def refresh(view: DemoView, store: RedisStore) -> None:
+    view.learners = await store.learner_statuses()
+    view.progress = await store.progress()
+    view.drifts = await store.recent_drifts()
+
+
+async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: float, live: bool) -> DemoView:
+    """Replay the stream at ``rate`` events/s (0 = as fast as possible) and show progress until learned."""
+    store = RedisStore.from_config(settings.redis)
+    view = DemoView()
+    console = Console()
+    await ensure_topics(settings.kafka, EventProducer(settings.kafka).topics.all())
+    try:
+        with Live(view.render(), console=console, refresh_per_second=4, transient=False) if live \
+                else _NoLive() as screen:
+            async with EventProducer(settings.kafka, acks=1) as producer:
+                last = time.monotonic()
+                for item in demo_events(events, switch_at=switch_at):
+                    if isinstance(item, bytes):
+                        await producer.send_raw(producer.topics.feedback, item, key=b"sea-linear")
+                    else:
+                        await producer.send(item)
+                    view.produced += 1
+                    if rate and view.produced % 100 == 0:
+                        ahead = view.produced / rate - (time.monotonic() - view.started)
+                        if ahead > 0:
+                            await asyncio.sleep(ahead)
+                    if time.monotonic() - last > 0.5:
+                        await producer.flush()
+                        await refresh(view, store)
+                        screen.update(view.render())
+                        last = time.monotonic()
+            # Wait until the workers have caught up with everything produced.
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                await refresh(view, store)
+                screen.update(view.render())
+                if view.progress and view.lag == 0 and all(p["highwater"] for p in view.progress):
+                    await asyncio.sleep(2.5)  # one more snapshot interval, so statuses are final
+                    await refresh(view, store)
+                    screen.update(view.render())
+                    break
+                await asyncio.sleep(0.5)
+        if not live:
+            console.print(view.render())
+    finally:
+        await store.close()
+    return view
+
+
+class _NoLive:
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, _: object) -> None:
+        return None

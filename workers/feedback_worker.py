@@ -1,0 +1,94 @@
+"""`learnloop worker feedback`: the feedback consumer inside a Faust worker, wired from settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from learners.config import LearnersConfig, load_learners_file
+from schemas import DriftEvent
+from streams.admin import ensure_topics
+from streams.app import FeedbackService, add_drift_agent, create_app
+from streams.consumer import FeedbackConsumer
+from streams.feedback import FeedbackProcessor
+from streams.topics import Topics
+from workers.redis_store import RedisStore
+from workers.settings import DEV_SNAPSHOT_KEY, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeedbackWorker:
+    settings: Settings
+    learners: LearnersConfig
+    store: RedisStore
+    consumer: FeedbackConsumer
+
+    @classmethod
+    def build(cls, settings: Settings, learners: LearnersConfig | None = None) -> FeedbackWorker:
+        learners = learners or load_learners_file(settings.learners_file)
+        store = RedisStore.from_config(settings.redis, dedup_window=settings.feedback.dedup_window)
+        fb = settings.feedback
+        processor = FeedbackProcessor(
+            learners=learners,
+            store=store,
+            joins=store,
+            source=settings.source,
+            join_ttl_s=fb.join_ttl_s,
+            orphan_wait_s=fb.orphan_wait_s,
+            orphan_max=fb.orphan_max,
+        )
+        consumer = FeedbackConsumer(
+            kafka=settings.kafka,
+            config=fb,
+            processor=processor,
+            store=store,
+            snapshot_key=settings.snapshot.key.get_secret_value().encode(),
+        )
+        return cls(settings, learners, store, consumer)
+
+    async def prepare(self) -> None:
+        """Fail fast with one line when Redis or the broker is unreachable; create the topics."""
+        await self.store.ping()
+        await ensure_topics(self.settings.kafka, Topics(self.settings.kafka.topic_prefix).all())
+
+
+def run_feedback_worker(settings: Settings, *, learners: LearnersConfig | None = None) -> None:
+    """Run until SIGINT/SIGTERM; on stop every owned partition is snapshotted."""
+    if settings.snapshot.key.get_secret_value() == DEV_SNAPSHOT_KEY and not _loopback(settings):
+        log.warning("LEARNLOOP_SNAPSHOT__KEY is the development default; set a secret key in production")
+    worker = FeedbackWorker.build(settings, learners)
+    app = create_app(settings.kafka, app_id="learnloop-feedback-worker", data_dir=settings.data_dir / "faust")
+
+    async def remember(ev: DriftEvent) -> None:
+        await worker.store.record_drift(str(ev.event_id), ev.detected_at.timestamp(), ev.to_json())
+
+    add_drift_agent(app, settings.kafka, remember)
+
+    class Prepare(FeedbackService):
+        async def on_first_start(self) -> None:
+            await worker.prepare()
+
+    service = Prepare(worker.consumer)
+    run_faust(app, service, loglevel=settings.log_level)
+
+
+def run_faust(app: faust.App, *services: Any, loglevel: str = "info") -> None:
+    fw = faust.Worker(
+        app,
+        *services,
+        loglevel={"warning": "warn"}.get(loglevel, loglevel),
+        quiet=True,
+        redirect_stdouts=False,
+        console_port=0,
+    )
+    fw.execute_from_commandline()
+
+
+def _loopback(settings: Settings) -> bool:
+    hosts = [h.rsplit(":", 1)[0] for h in settings.kafka.bootstrap_servers.split(",")]
+    return all(h in ("127.0.0.1", "localhost", "::1", "[::1]") for h in hosts)

@@ -1,0 +1,175 @@
+"""Redis adapters for the streams ports: partition snapshots, dedup windows, the prediction join.
+
+Key layout (``P`` is the configured prefix, ``learnloop:`` by default)::
+
+    P state:{topic}:{partition}       snapshot bytes (learners + the offset they cover)
+    P dedup:{topic}:{partition}       ZSET event_id -> sequence, trimmed to the window
+    P learner:{name}                  JSON status of a learner, written with its snapshot
+    P learners                        SET of learner names
+    P progress:{group}:{topic}:{p}    HASH position, highwater, updated_at (for lag views)
+    P pred:{prediction_id}            a PredictionEvent's JSON, expiring after the join TTL
+
+The snapshot, the dedup ids and the statuses go in one MULTI/EXEC, so after a
+crash the state, the offset and the "already seen" window always agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from schemas.errors import StoreUnavailable
+from workers.settings import RedisConfig
+
+
+@contextlib.asynccontextmanager
+async def _reachable(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
+
+
+class RedisStore:
+    """Implements ``PartitionStateStore`` and ``JoinStore`` on one Redis connection pool."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "learnloop:", dedup_window: int = 200_000) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.dedup_window = dedup_window
+
+    @classmethod
+    def from_config(cls, cfg: RedisConfig, *, dedup_window: int = 200_000) -> RedisStore:
+        client = aioredis.Redis.from_url(cfg.url, decode_responses=False)
+        return cls(client, prefix=cfg.key_prefix, dedup_window=dedup_window)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    def _k(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    # -- PartitionStateStore -----------------------------------------------------
+
+    async def load(self, topic: str, partition: int) -> bytes | None:
+        async with _reachable("snapshot load"):
+            blob = await self.r.get(self._k("state", topic, partition))
+        return bytes(blob) if blob is not None else None
+
+    async def seen(self, topic: str, partition: int, event_ids: Sequence[str]) -> list[bool]:
+        if not event_ids:
+            return []
+        async with _reachable("dedup lookup"):
+            scores = await self.r.zmscore(self._k("dedup", topic, partition), list(event_ids))
+        return [s is not None for s in scores]
+
+    async def commit(
+        self,
+        topic: str,
+        partition: int,
+        *,
+        snapshot: bytes,
+        offset: int,
+        event_ids: Sequence[str],
+        statuses: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        dedup = self._k("dedup", topic, partition)
+        async with _reachable("snapshot commit"), self.r.pipeline(transaction=True) as p:
+            p.set(self._k("state", topic, partition), snapshot)
+            if event_ids:
+                # Scores increase with the offset, so trimming by rank drops the oldest ids.
+                base = offset * 1_000_000
+                p.zadd(dedup, {eid: base + i for i, eid in enumerate(event_ids)})
+                p.zremrangebyrank(dedup, 0, -(self.dedup_window + 1))
+            now = time.time()
+            for name, st in statuses.items():
+                p.set(self._k("learner", name), json.dumps({**st, "snapshot_at": now}, default=str))
+            if statuses:
+                p.sadd(self._k("learners"), *statuses.keys())
+            await p.execute()
+
+    async def publish_progress(
+        self,
+        group: str,
+        topic: str,
+        partition: int,
+        *,
+        position: int,
+        highwater: int | None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None:
+        mapping: dict[str, Any] = {"position": position, "updated_at": time.time()}
+        if counters is not None:
+            mapping["counters"] = json.dumps(dict(counters))
+        if highwater is not None:
+            mapping["highwater"] = highwater
+        async with _reachable("progress"):
+            await self.r.hset(self._k("progress", group, topic, partition), mapping=mapping)
+
+    # -- JoinStore -------------------------------------------------------------------
+
+    async def put_predictions(self, rows: Sequence[tuple[str, bytes]], *, ttl_s: int) -> None:
+        async with _reachable("prediction store"), self.r.pipeline(transaction=False) as p:
+            for pid, blob in rows:
+                p.set(self._k("pred", pid), blob, ex=ttl_s)
+            await p.execute()
+
+    async def get_predictions(self, prediction_ids: Sequence[str]) -> list[bytes | None]:
+        if not prediction_ids:
+            return []
+        async with _reachable("prediction lookup"):
+            vals = await self.r.mget([self._k("pred", pid) for pid in prediction_ids])
+        return [bytes(v) if v is not None else None for v in vals]
+
+    # -- drift history (idempotent by event_id, newest 1,000 kept) -------------------
+
+    async def record_drift(self, event_id: str, detected_at: float, payload: bytes) -> None:
+        idx, data = self._k("drift-index"), self._k("drift-events")
+        async with _reachable("drift history"), self.r.pipeline(transaction=True) as p:
+            p.zadd(idx, {event_id: detected_at})
+            p.hset(data, event_id, payload)
+            await p.execute()
+        stale = await self.r.zrange(idx, 0, -1001)
+        if stale:
+            await self.r.zrem(idx, *stale)
+            await self.r.hdel(data, *stale)
+
+    async def recent_drifts(self, limit: int = 20) -> list[dict[str, Any]]:
+        ids = await self.r.zrevrange(self._k("drift-index"), 0, limit - 1)
+        if not ids:
+            return []
+        blobs = await self.r.hmget(self._k("drift-events"), ids)
+        return [json.loads(b) for b in blobs if b is not None]
+
+    # -- reading status ----------------------------------------------------------------
+
+    async def learner_statuses(self) -> list[dict[str, Any]]:
+        names = sorted(n.decode() for n in await self.r.smembers(self._k("learners")))
+        if not names:
+            return []
+        blobs = await self.r.mget([self._k("learner", n) for n in names])
+        return [json.loads(b) for b in blobs if b is not None]
+
+    async def progress(self) -> list[dict[str, Any]]:
+        out = []
+        async for key in self.r.scan_iter(match=self._k("progress", "*")):
+            group, topic, part = key.decode()[len(self.prefix) + len("progress:"):].rsplit(":", 2)
+            h = {k.decode(): v.decode() for k, v in (await self.r.hgetall(key)).items()}
+            row: dict[str, Any] = {"group": group, "topic": topic, "partition": int(part)}
+            row["position"] = int(h["position"])
+            row["highwater"] = int(h["highwater"]) if "highwater" in h else None
+            row["lag"] = max(0, row["highwater"] - row["position"]) if row["highwater"] is not None else None
+            row["updated_at"] = float(h["updated_at"])
+            row["counters"] = json.loads(h.get("counters", "{}"))
+            out.append(row)
+        return sorted(out, key=lambda r: (r["group"], r["topic"], r["partition"]))

@@ -1,0 +1,85 @@
+"""One typed settings object, loaded once at the entry point and passed down.
+
+Environment variables use the prefix ``LEARNLOOP_`` and ``__`` for nesting, e.g.
+``LEARNLOOP_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``LEARNLOOP_REDIS__URL``.
+Nothing else in the project reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+from streams.config import FeedbackConfig, KafkaConfig
+
+DEV_SNAPSHOT_KEY = "learnloop-dev-only-snapshot-key"
+DEV_ENV_FILE = ".learnloop/dev.env"
+
+
+class RedisConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field(default="learnloop:", max_length=64)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class SnapshotConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # HMAC key for learner snapshots. The default is for the embedded stack only;
+    # workers log a warning when they run with it against a non-loopback broker.
+    key: SecretStr = SecretStr(DEV_SNAPSHOT_KEY)
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEARNLOOP_",
+        env_nested_delimiter="__",
+        # `learnloop dev` writes its loopback addresses here while it runs, so other
+        # commands in the same directory find the embedded stack; real env vars win.
+        env_file=DEV_ENV_FILE,
+        frozen=True,
+        extra="ignore",
+    )
+
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    learners_file: Path = Path("learners.toml")
+    data_dir: Path = Path(".learnloop")
+    source: str = Field(default="learnloop", min_length=1, max_length=128)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value becomes one ConfigError line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = "__".join(str(p) for p in first["loc"]).upper()
+        name = f"LEARNLOOP_{loc}" if loc else "LEARNLOOP_*"
+        got = first.get("input")
+        secret = any(w in loc for w in ("KEY", "PASSWORD", "SECRET"))
+        shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{name}: {first['msg']}{shown}{more}") from None
