@@ -1,0 +1,90 @@
+"""learnloop's wire format: versioned, frozen pydantic models, one per event.
+
+Every layer imports its events from here; this package imports nothing of
+ours but the exception tree, so it can be shared with producers as is.
+"""
+
+from schemas.codec import EVENT_MODELS, TOPIC_EVENTS, AnyEvent, describe_validation_error, parse_event
+from schemas.deadletter import DeadLetter, ErrorInfo
+from schemas.envelope import (
+    ALIAS_PATTERN,
+    MAX_COMMENT,
+    MAX_FEATURES,
+    MAX_KEY,
+    MAX_NAME,
+    MAX_STR_VALUE,
+    MAX_TEXT,
+    NAME_PATTERN,
+    TAG_PATTERN,
+    Envelope,
+    Features,
+    FeatureValue,
+    Label,
+    Metrics,
+    Timestamp,
+    WireModel,
+    utc_now,
+)
+from schemas.errors import InvalidEvent
+from schemas.events import (
+    KNOWN_SIGNALS,
+    MAX_URI,
+    ConversationEvent,
+    DataWindow,
+    DriftEvent,
+    EntityRef,
+    FeedbackEvent,
+    KnowledgeUpdate,
+    Lineage,
+    ModelUpdate,
+    PredictionEvent,
+    RelationRef,
+    RetrainRequest,
+    WindowStats,
+)
+from schemas.export import event_json_schema, export_json_schemas, schema_file_name
+
+__all__ = [
+    "ALIAS_PATTERN",
+    "EVENT_MODELS",
+    "KNOWN_SIGNALS",
+    "MAX_COMMENT",
+    "MAX_FEATURES",
+    "MAX_KEY",
+    "MAX_NAME",
+    "MAX_STR_VALUE",
+    "MAX_TEXT",
+    "MAX_URI",
+    "NAME_PATTERN",
+    "TAG_PATTERN",
+    "TOPIC_EVENTS",
+    "AnyEvent",
+    "ConversationEvent",
+    "DataWindow",
+    "DeadLetter",
+    "DriftEvent",
+    "EntityRef",
+    "Envelope",
+    "ErrorInfo",
+    "FeatureValue",
+    "Features",
+    "FeedbackEvent",
+    "InvalidEvent",
+    "KnowledgeUpdate",
+    "Label",
+    "Lineage",
+    "Metrics",
+    "ModelUpdate",
+    "PredictionEvent",
+    "RelationRef",
+    "RetrainRequest",
+    "Timestamp",
+    "WindowStats",
+    "WireModel",
+    "describe_validation_error",
+    "event_json_schema",
+    "export_json_schemas",
+    "parse_event",
+    "schema_file_name",
+    "utc_now",
+]
