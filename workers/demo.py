@@ -68,6 +68,7 @@ def demo_events(n: int, *, switch_at: int, join_every: int = 10) -> Iterator[Env
 @dataclass
 class DemoView:
     produced: int = 0
+    produced_feedback: int = 0  # records sent to the feedback topic (valid or not)
     started: float = field(default_factory=time.monotonic)
     learners: list[dict[str, Any]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
@@ -81,6 +82,10 @@ class DemoView:
     @property
     def deadlettered(self) -> int:
         return sum(v for p in self.progress for k, v in p.get("counters", {}).items() if k.startswith("deadletter:"))
+
+    @property
+    def consumed(self) -> int:
+        return sum(p["position"] for p in self.progress)
 
     @property
     def lag(self) -> int:
@@ -98,7 +103,7 @@ class DemoView:
             f"produced {self.produced:,} events in {elapsed:.0f}s · learned {self.learned:,} "
             f"({self.learned_per_s():,.0f}/s) · dead-lettered {self.deadlettered} · lag {self.lag:,}"
         )
-        t = Table("learner", "model", "learned", "accuracy", "rolling acc.", "drifts", "last drift at event")
+        t = Table("learner", "model", "learned", "accuracy", "rolling", "drifts", "last drift")
         for r in self.learners:
             m = r.get("metrics", {})
             t.add_row(
@@ -142,6 +147,7 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
                     else:
                         await producer.send(item)
                     view.produced += 1
+                    view.produced_feedback += not isinstance(item, PredictionEvent)
                     if rate and view.produced % 100 == 0:
                         ahead = view.produced / rate - (time.monotonic() - view.started)
                         if ahead > 0:
@@ -156,7 +162,7 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
             while time.monotonic() < deadline:
                 await refresh(view, store)
                 screen.update(view.render())
-                if view.progress and view.lag == 0 and all(p["highwater"] for p in view.progress):
+                if view.consumed >= view.produced_feedback:
                     await asyncio.sleep(2.5)  # one more snapshot interval, so statuses are final
                     await refresh(view, store)
                     screen.update(view.render())
