@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 async def ensure_topics(kafka: KafkaConfig, names: Iterable[str], *, partitions: int | None = None) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = AIOKafkaAdminClient(client_id=f"{kafka.client_id}-admin", **kafka.client_kwargs())  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(client_id=f"{kafka.client_id}-admin", **kafka.client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -60,7 +60,7 @@ def create_app(kafka: KafkaConfig, *, app_id: str, data_dir: Path) -> faust.App:
     return app
 
 
-class FeedbackService(Service):  # type: ignore[misc]
+class FeedbackService(Service):
     """Hosts a :class:`FeedbackConsumer` inside the Faust worker's lifecycle."""
 
     def __init__(self, consumer: FeedbackConsumer, **kwargs: Any) -> None:
@@ -85,7 +85,7 @@ def add_drift_agent(
     """Follow ``learnloop.drift``: each alarm is logged and handed to ``on_drift`` (e.g. the history)."""
     topics = app.contract_topics  # type: ignore[attr-defined]
 
-    @app.agent(topics["drift"], name=f"{kafka.topic_prefix}drift-log")  # type: ignore[misc]
+    @app.agent(topics["drift"], name=f"{kafka.topic_prefix}drift-log")
     async def drift_log(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message

@@ -93,7 +93,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             client_id=f"{self.kafka.client_id}-feedback-out",
             acks="all",
             linger_ms=self.kafka.linger_ms,
-            **self.kafka.client_kwargs(),  # type: ignore[arg-type]
+            **self.kafka.client_kwargs(),
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -104,7 +104,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=self.kafka.session_timeout_ms,
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            **self.kafka.client_kwargs(),  # type: ignore[arg-type]
+            **self.kafka.client_kwargs(),
         )
         await self._consumer.start()
         self._consumer.subscribe([self.topics.feedback, self.topics.predictions], listener=self)

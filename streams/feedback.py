@@ -19,13 +19,13 @@ from typing import Any
 
 from learners.config import LearnersConfig, LearnerSpec
 from learners.labels import resolve_target
+from learners.models import with_text
 from learners.online import OnlineLearner
 from schemas import (
     DataWindow,
     DeadLetter,
     DriftEvent,
     Envelope,
-    ErrorInfo,
     FeedbackEvent,
     PredictionEvent,
     RetrainRequest,
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 # Ids of events we derive (drift, retrain, dead letters) are uuid5 of their
 # cause, so a replay after a crash re-emits the same ids and consumers dedup.
 _NS = uuid.UUID("6f1c9a52-3b7e-4c1d-9a0e-2f4b8d7c6e15")
-
-TEXT_FEATURE = "__text__"
 
 
 def derived_id(*parts: object) -> uuid.UUID:
@@ -328,10 +326,11 @@ class FeedbackProcessor:
         except InvalidEvent as exc:
             result.add_deadletter(self.dead_letter(raw, exc))
             return
-        x: dict[str, Any] = dict(ev.features) if ev.features else {}
-        if ev.text:
-            x[TEXT_FEATURE] = ev.text
-        outcome = slot.learner.learn_one(x, target)
+        try:
+            outcome = slot.learner.learn_one(with_text(ev.features, ev.text), target)
+        except InvalidEvent as exc:  # a feature the model cannot read; nothing was learned
+            result.add_deadletter(self.dead_letter(raw, exc))
+            return
         slot.last_event_at = ev.occurred_at
         slot.learned_at = self.clock()
         result.learned += 1
@@ -376,6 +375,3 @@ class FeedbackProcessor:
         for reason, n in result.deadlettered.items():
             state.counters[f"deadletter:{reason}"] += n
 
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    return ErrorInfo(type=type(exc).__name__, message=str(exc))

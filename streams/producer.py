@@ -90,7 +90,7 @@ class EventProducer:
             linger_ms=self._kafka.linger_ms,
             max_batch_size=self._kafka.max_batch_size,
             enable_idempotence=False,
-            **self._kafka.client_kwargs(),  # type: ignore[arg-type]
+            **self._kafka.client_kwargs(),
         )
         await self._producer.start()
 

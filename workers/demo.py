@@ -26,7 +26,7 @@ from rich.panel import Panel
 from rich.table import Table
 from river.datasets import synth
 
-from schemas import Envelope, FeedbackEvent, PredictionEvent
+from schemas import Envelope, FeatureValue, FeedbackEvent, PredictionEvent
 from streams.admin import ensure_topics
 from streams.producer import EventProducer
 from workers.redis_store import RedisStore
@@ -39,7 +39,7 @@ def demo_learners_file() -> Path:
     return Path(str(resources.files("workers").joinpath("demo_learners.toml")))
 
 
-def sea_stream(n: int, *, switch_at: int, seed: int = 7) -> Iterator[tuple[dict[str, float], bool]]:
+def sea_stream(n: int, *, switch_at: int, seed: int = 7) -> Iterator[tuple[dict[str, FeatureValue], bool]]:
     """``n`` SEA samples: variant 0 up to ``switch_at``, variant 3 after (an abrupt switch)."""
     before = synth.SEA(variant=0, seed=seed)
     after = synth.SEA(variant=3, seed=seed + 1)

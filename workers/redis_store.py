@@ -37,6 +37,10 @@ async def _reachable(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
 
 
+def _as_bytes(v: bytes | str) -> bytes:
+    return v.encode() if isinstance(v, str) else bytes(v)
+
+
 class RedisStore:
     """Implements ``PartitionStateStore`` and ``JoinStore`` on one Redis connection pool."""
 
@@ -64,7 +68,7 @@ class RedisStore:
     async def load(self, topic: str, partition: int) -> bytes | None:
         async with _reachable("snapshot load"):
             blob = await self.r.get(self._k("state", topic, partition))
-        return bytes(blob) if blob is not None else None
+        return _as_bytes(blob) if blob is not None else None
 
     async def seen(self, topic: str, partition: int, event_ids: Sequence[str]) -> list[bool]:
         if not event_ids:
@@ -108,13 +112,13 @@ class RedisStore:
         highwater: int | None,
         counters: Mapping[str, int] | None = None,
     ) -> None:
-        mapping: dict[str, Any] = {"position": position, "updated_at": time.time()}
+        mapping: dict[str, str | int | float] = {"position": position, "updated_at": time.time()}
         if counters is not None:
             mapping["counters"] = json.dumps(dict(counters))
         if highwater is not None:
             mapping["highwater"] = highwater
         async with _reachable("progress"):
-            await self.r.hset(self._k("progress", group, topic, partition), mapping=mapping)
+            await self.r.hset(self._k("progress", group, topic, partition), mapping=mapping)  # type: ignore[arg-type]
 
     # -- JoinStore -------------------------------------------------------------------
 
@@ -129,7 +133,7 @@ class RedisStore:
             return []
         async with _reachable("prediction lookup"):
             vals = await self.r.mget([self._k("pred", pid) for pid in prediction_ids])
-        return [bytes(v) if v is not None else None for v in vals]
+        return [_as_bytes(v) if v is not None else None for v in vals]
 
     # -- drift history (idempotent by event_id, newest 1,000 kept) -------------------
 
@@ -145,7 +149,7 @@ class RedisStore:
             await self.r.hdel(data, *stale)
 
     async def recent_drifts(self, limit: int = 20) -> list[dict[str, Any]]:
-        ids = await self.r.zrevrange(self._k("drift-index"), 0, limit - 1)
+        ids = [_as_bytes(i) for i in await self.r.zrevrange(self._k("drift-index"), 0, limit - 1)]  # type: ignore[arg-type]
         if not ids:
             return []
         blobs = await self.r.hmget(self._k("drift-events"), ids)
@@ -154,7 +158,7 @@ class RedisStore:
     # -- reading status ----------------------------------------------------------------
 
     async def learner_statuses(self) -> list[dict[str, Any]]:
-        names = sorted(n.decode() for n in await self.r.smembers(self._k("learners")))
+        names = sorted(_as_bytes(n).decode() for n in await self.r.smembers(self._k("learners")))
         if not names:
             return []
         blobs = await self.r.mget([self._k("learner", n) for n in names])
@@ -163,8 +167,8 @@ class RedisStore:
     async def progress(self) -> list[dict[str, Any]]:
         out = []
         async for key in self.r.scan_iter(match=self._k("progress", "*")):
-            group, topic, part = key.decode()[len(self.prefix) + len("progress:"):].rsplit(":", 2)
-            h = {k.decode(): v.decode() for k, v in (await self.r.hgetall(key)).items()}
+            group, topic, part = _as_bytes(key).decode()[len(self.prefix) + len("progress:"):].rsplit(":", 2)
+            h = {_as_bytes(k).decode(): _as_bytes(v).decode() for k, v in (await self.r.hgetall(key)).items()}
             row: dict[str, Any] = {"group": group, "topic": topic, "partition": int(part)}
             row["position"] = int(h["position"])
             row["highwater"] = int(h["highwater"]) if "highwater" in h else None
