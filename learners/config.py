@@ -79,6 +79,8 @@ class DriftSpec(_Frozen):
     delta: float = Field(default=0.002, gt=0, lt=1)
     cooldown: int = Field(default=1000, ge=0, description="events between two reported drifts")
     grace: int = Field(default=30, ge=0, description="no drift is reported before this many learned events")
+    # A model whose error falls needs no retraining: by default only rises are drifts.
+    direction: Literal["increase", "any"] = "increase"
 
 
 class SignalRule(_Frozen):

@@ -64,7 +64,9 @@ class OnlineLearner:
         self._metrics = PrequentialMetrics(spec.task, spec.rolling_window)
         error_name = "misclassification" if self._classifier else "absolute_error"
         drift = spec.drift
-        self._monitor = AdwinMonitor(drift.delta, drift.cooldown, drift.grace, metric=error_name)
+        self._monitor = AdwinMonitor(
+            drift.delta, drift.cooldown, drift.grace, metric=error_name, direction=drift.direction
+        )
         self._n_seen = 0
 
     @property

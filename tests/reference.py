@@ -27,9 +27,18 @@ class Reference:
 
 
 def river_reference(
-    stream: Iterable[tuple[dict[str, float], bool]], *, delta: float = 0.002, cooldown: int = 1000, grace: int = 30
+    stream: Iterable[tuple[dict[str, float], bool]],
+    *,
+    delta: float = 0.002,
+    cooldown: int = 1000,
+    grace: int = 30,
+    direction: str = "increase",
 ) -> Reference:
-    """StandardScaler | LogisticRegression, scored test-then-train, ADWIN on the 0/1 error."""
+    """StandardScaler | LogisticRegression, scored test-then-train, ADWIN on the 0/1 error.
+
+    A detection counts when it is past ``grace``, ``cooldown`` events after the last one, and
+    (for ``direction="increase"``) the error of the window ADWIN kept is above the one it dropped.
+    """
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
     acc, f1, ll = metrics.Accuracy(), metrics.F1(), metrics.LogLoss()
     adwin = drift.ADWIN(delta=delta)
@@ -40,9 +49,14 @@ def river_reference(
         acc.update(y, y_pred)
         f1.update(y, y_pred)
         ll.update(y, proba.get(True, 0.0))
-        adwin.update(float(y_pred != y))
+        err = float(y_pred != y)
+        n0, m0 = adwin.width, adwin.estimation
+        adwin.update(err)
         if adwin.drift_detected and i > grace and (not ref.drifts or i - ref.drifts[-1] >= cooldown):
-            ref.drifts.append(i)
+            n1, m1 = adwin.width, adwin.estimation
+            dropped = (n0 * m0 + err - n1 * m1) / (n0 + 1 - n1)
+            if direction == "any" or m1 > dropped:
+                ref.drifts.append(i)
         model.learn_one(x, y)
         ref.n = i
     ref.accuracy, ref.f1, ref.log_loss = acc.get(), f1.get(), ll.get()

@@ -41,7 +41,26 @@ def test_without_grace_or_cooldown_every_adwin_detection_is_reported() -> None:
     errors = regime_errors()
     raw = raw_adwin_positions(errors)
     assert len(raw) >= 8
-    assert reported(AdwinMonitor(cooldown=0, grace=0), errors) == raw
+    assert reported(AdwinMonitor(cooldown=0, grace=0, direction="any"), errors) == raw
+
+
+def test_by_default_only_a_rising_error_is_a_drift() -> None:
+    errors = regime_errors()  # regimes alternate 0.05 / 0.6, starting low
+    monitor = AdwinMonitor(cooldown=0, grace=0)
+    infos = [info for e in errors if (info := monitor.update(e)) is not None]
+    rising = [info.n_seen for info in infos]
+    regime_of = [(p - 1) // 400 for p in rising]
+    assert rising and all(r % 2 == 1 for r in regime_of)  # only in the 0.6 regimes
+    assert all(i.after_mean > i.before_mean for i in infos)
+    assert monitor.suppressed == len(raw_adwin_positions(errors)) - len(infos) > 0
+
+
+def test_window_statistics_split_the_old_and_the_new_error() -> None:
+    monitor = AdwinMonitor(cooldown=0, grace=0)
+    infos = [info for e in [0.0] * 1000 + [1.0] * 200 if (info := monitor.update(e)) is not None]
+    first = infos[0]
+    assert first.before_mean < 0.05 < 0.3 < first.after_mean
+    assert first.before_n + first.after_n == first.n_seen  # ADWIN's window still held everything
 
 
 @pytest.mark.parametrize(("grace", "cooldown"), [(30, 1000), (0, 700), (1000, 0), (2500, 1500)])
@@ -52,7 +71,7 @@ def test_grace_and_cooldown_filter_adwin_detections(grace: int, cooldown: int) -
     for position in raw:
         if position > grace and (not expected or position - expected[-1] >= cooldown):
             expected.append(position)
-    monitor = AdwinMonitor(cooldown=cooldown, grace=grace)
+    monitor = AdwinMonitor(cooldown=cooldown, grace=grace, direction="any")
     got = reported(monitor, errors)
     assert got == expected
     assert all(b - a >= cooldown for a, b in pairwise(got))
@@ -70,9 +89,11 @@ def test_window_statistics_before_and_after_the_cut() -> None:
         reference.update(error)
         info = monitor.update(error)
         if info is not None:
-            assert (info.before_n, info.before_mean) == before
-            assert (info.after_n, info.after_mean) == (reference.width, reference.estimation)
-            assert info.after_n < info.before_n
+            kept_n, kept_mean = reference.width, reference.estimation
+            dropped_n = before[0] + 1 - kept_n
+            assert info.before_n == dropped_n
+            assert info.before_mean == pytest.approx((before[0] * before[1] + error - kept_n * kept_mean) / dropped_n)
+            assert (info.after_n, info.after_mean) == (kept_n, kept_mean)
             assert info.after_mean > info.before_mean  # the error went up
             assert (info.detector, info.delta) == ("adwin", 0.002)
             assert monitor.drift_detected and monitor.last_drift == info

@@ -42,7 +42,7 @@ def test_numeric_stream_matches_plain_river_pipeline_bit_for_bit() -> None:
         ref_predictions.append(y_pred)
         ref_probas.append(proba)
 
-    learner = OnlineLearner("sea", LearnerSpec(drift=DriftSpec(grace=0, cooldown=0)))
+    learner = OnlineLearner("sea", LearnerSpec(drift=DriftSpec(grace=0, cooldown=0, direction="any")))
     outcomes = [learner.learn_one(x, Target(y=y, weight=1.0)) for x, y in stream]
 
     assert ref_drifts, "the reference stream should drift, or the drift comparison proves nothing"
