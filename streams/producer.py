@@ -84,7 +84,7 @@ class EventProducer:
         self._pending: list[asyncio.Future[Any]] = []
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             client_id=f"{self._kafka.client_id}-producer",
             acks=self._acks,
             linger_ms=self._kafka.linger_ms,
@@ -92,7 +92,12 @@ class EventProducer:
             enable_idempotence=False,
             **self._kafka.client_kwargs(),
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # an unreachable broker must not leave an open client behind
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -156,7 +161,13 @@ class SyncEventProducer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="learnloop-producer", daemon=True)
         self._thread.start()
         self._async = EventProducer(kafka, topics=topics, acks=acks)
-        self._call(self._async.start())
+        try:
+            self._call(self._async.start())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+            raise
 
     def _call(self, coro: Any) -> Any:
         fut: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)

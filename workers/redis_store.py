@@ -158,10 +158,11 @@ class RedisStore:
     # -- reading status ----------------------------------------------------------------
 
     async def learner_statuses(self) -> list[dict[str, Any]]:
-        names = sorted(_as_bytes(n).decode() for n in await self.r.smembers(self._k("learners")))
-        if not names:
-            return []
-        blobs = await self.r.mget([self._k("learner", n) for n in names])
+        async with _reachable("learner statuses"):
+            names = sorted(_as_bytes(n).decode() for n in await self.r.smembers(self._k("learners")))
+            if not names:
+                return []
+            blobs = await self.r.mget([self._k("learner", n) for n in names])
         return [json.loads(b) for b in blobs if b is not None]
 
     async def progress(self) -> list[dict[str, Any]]:

@@ -7,11 +7,12 @@ Nothing else in the project reads the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig
@@ -70,16 +71,27 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def _without_password(value: object) -> object:
+    # A URL's userinfo is how Redis (and others) take a password: never echo it.
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", value) if isinstance(value, str) else value
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; a bad value becomes one ConfigError line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # e.g. LEARNLOOP_KAFKA='{not json'
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"LEARNLOOP_{field.group(1).upper()}" if field else "LEARNLOOP_*"
+        raise ConfigError(f"{name}: cannot parse the value (a section given whole must be a JSON object)") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = "__".join(str(p) for p in first["loc"]).upper()
         name = f"LEARNLOOP_{loc}" if loc else "LEARNLOOP_*"
-        got = first.get("input")
+        msg = first["msg"].removeprefix("Value error, ")
+        got = _without_password(first.get("input"))
         secret = any(w in loc for w in ("KEY", "PASSWORD", "SECRET"))
-        shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
+        echoed = isinstance(got, str) and repr(got) in msg
+        shown = "" if isinstance(got, dict) or secret or echoed else f" (got {got!r})"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{name}: {first['msg']}{shown}{more}") from None
+        raise ConfigError(f"{name}: {msg}{shown}{more}") from None
