@@ -11,7 +11,10 @@ ours), so every layer can raise and catch the same types.
     ├── SnapshotError          a learner snapshot that cannot be loaded
     │   └── SnapshotSignatureError   ... because its HMAC does not verify
     ├── BackPressureError      a sink gave up after bounded retries; the caller must pause
-    └── StoreUnavailable       Redis/SQL/graph unreachable: pause, rewind, retry; lose nothing
+    ├── StoreUnavailable       Redis/SQL/graph unreachable: pause, rewind, retry; lose nothing
+    └── GraphError             the knowledge graph refused a request (not an outage)
+        ├── ReadOnlyViolation  a query given as read-only contains a write clause or several statements
+        └── DuplicateEvents    a batch holds events the graph already has: filter with known_events, fold again
 """
 
 from __future__ import annotations
@@ -58,3 +61,25 @@ class BackPressureError(LearnloopError):
 
 class StoreUnavailable(LearnloopError):
     """A state store could not be reached; the worker rewinds to its last snapshot and retries."""
+
+
+class GraphError(LearnloopError):
+    """The knowledge graph refused a request for a reason that retrying will not fix."""
+
+
+class ReadOnlyViolation(GraphError):
+    """A query offered as read-only writes, calls a procedure not known to be read-only, or chains statements."""
+
+
+class DuplicateEvents(GraphError):
+    """Some (not all) of a batch's events are already in the graph, e.g. written by a concurrent writer.
+
+    A folded batch cannot be split back per event, so nothing was written: the
+    caller drops the extractions of ``event_ids`` (``known_events``), folds again
+    and retries.
+    """
+
+    def __init__(self, event_ids: frozenset[str]) -> None:
+        shown = ", ".join(sorted(event_ids)[:5]) + (" ..." if len(event_ids) > 5 else "")
+        super().__init__(f"{len(event_ids)} event(s) of this batch are already in the graph: {shown}")
+        self.event_ids = event_ids
