@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from mode import Service
@@ -18,7 +18,6 @@ from mode import Service
 from schemas import DeadLetter, DriftEvent, parse_event
 from schemas.errors import InvalidEvent
 from streams.config import KafkaConfig
-from streams.consumer import FeedbackConsumer
 from streams.topics import TOPIC_SUFFIXES, Topics
 
 log = logging.getLogger(__name__)
@@ -60,23 +59,30 @@ def create_app(kafka: KafkaConfig, *, app_id: str, data_dir: Path) -> faust.App:
     return app
 
 
-class FeedbackService(Service):
-    """Hosts a :class:`FeedbackConsumer` inside the Faust worker's lifecycle."""
+class ConsumerLoop(Protocol):
+    async def start(self) -> None: ...
+    async def run(self) -> None: ...
+    def request_stop(self) -> None: ...
+    async def stop(self) -> None: ...
 
-    def __init__(self, consumer: FeedbackConsumer, **kwargs: Any) -> None:
-        self.feedback = consumer
+
+class LoopService(Service):
+    """Hosts one of our batch loops (feedback, conversations) inside the Faust worker's lifecycle."""
+
+    def __init__(self, loop: ConsumerLoop, **kwargs: Any) -> None:
+        self.loop_impl = loop
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        await self.feedback.start()
+        await self.loop_impl.start()
 
     @Service.task
     async def _consume(self) -> None:
-        await self.feedback.run()
+        await self.loop_impl.run()
 
     async def on_stop(self) -> None:
-        self.feedback.request_stop()
-        await self.feedback.stop()
+        self.loop_impl.request_stop()
+        await self.loop_impl.stop()
 
 
 def add_drift_agent(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,13 +21,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from river.datasets import synth
 
-from schemas import Envelope, FeatureValue, FeedbackEvent, PredictionEvent
+from schemas import (
+    ConversationEvent,
+    Envelope,
+    FeatureValue,
+    FeedbackEvent,
+    KnowledgeUpdate,
+    PredictionEvent,
+    parse_event,
+)
 from streams.admin import ensure_topics
 from streams.producer import EventProducer
 from workers.redis_store import RedisStore
@@ -48,9 +58,28 @@ def sea_stream(n: int, *, switch_at: int, seed: int = 7) -> Iterator[tuple[dict[
         yield {f"x{k}": float(v) for k, v in x.items()}, bool(y)
 
 
-def demo_events(n: int, *, switch_at: int, join_every: int = 10) -> Iterator[Envelope | bytes]:
-    """Events for every demo learner; every ``join_every``-th sample goes through the prediction join."""
+def demo_conversations(round_: int) -> Iterator[ConversationEvent]:
+    """The small support-chat corpus, as conversations of four turns, ids unique per round."""
+    path = resources.files("workers").joinpath("data/demo_conversations.jsonl")
+    for i, line in enumerate(path.read_text().splitlines()):
+        turn = json.loads(line)
+        yield ConversationEvent(
+            conversation_id=f"demo-{round_}-{i // 4}", turn=turn["turn"], role=turn["role"], text=turn["text"],
+            user_id=f"user-{i // 4}", source="demo",
+        )
+
+
+def demo_events(
+    n: int, *, switch_at: int, join_every: int = 10, conversations_every: int = 4000
+) -> Iterator[Envelope | bytes]:
+    """Events for every demo learner; every ``join_every``-th sample goes through the prediction join.
+
+    Every ``conversations_every`` samples the conversation corpus is replayed once more, so the
+    relations it states gain support from distinct conversations and become validated.
+    """
     for i, (x, y) in enumerate(sea_stream(n, switch_at=switch_at)):
+        if i % conversations_every == 0:
+            yield from demo_conversations(i // conversations_every)
         for learner in DEMO_LEARNERS:
             if i % join_every == join_every - 1:
                 pid = f"{learner}-{i}"
@@ -69,11 +98,16 @@ def demo_events(n: int, *, switch_at: int, join_every: int = 10) -> Iterator[Env
 class DemoView:
     produced: int = 0
     produced_feedback: int = 0  # records sent to the feedback topic (valid or not)
+    produced_turns: int = 0
     started: float = field(default_factory=time.monotonic)
     learners: list[dict[str, Any]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
     drifts: list[dict[str, Any]] = field(default_factory=list)
     rates: list[tuple[float, int]] = field(default_factory=list)
+    turns: int = 0
+    entities: set[str] = field(default_factory=set)
+    relations: set[tuple[str, str, str]] = field(default_factory=set)
+    validated: set[tuple[str, str, str]] = field(default_factory=set)
 
     @property
     def learned(self) -> int:
@@ -121,13 +155,30 @@ class DemoView:
         for p in self.progress:
             lag.add_row(p["topic"], str(p["partition"]), f"{p['position']:,}", f"{p['highwater'] or 0:,}",
                         f"{p['lag'] or 0:,}")
-        return Group(Panel(head, title="learnloop demo"), t, d, lag)
+        k = (
+            f"knowledge: {self.turns} conversation turns mined · {len(self.entities)} entities · "
+            f"{len(self.relations)} relations, {len(self.validated)} validated"
+        )
+        return Group(Panel(head, title="learnloop demo"), t, d, lag, Panel(k))
+
+    def add_knowledge(self, update: KnowledgeUpdate) -> None:
+        self.turns += 1
+        self.entities.update(e.key for e in update.entities)
+        for r in update.relations:
+            self.relations.add((r.subject, r.predicate, r.object))
+            if r.validated:
+                self.validated.add((r.subject, r.predicate, r.object))
 
 
-async def refresh(view: DemoView, store: RedisStore) -> None:
+async def refresh(view: DemoView, store: RedisStore, knowledge: AIOKafkaConsumer) -> None:
     view.learners = await store.learner_statuses()
     view.progress = await store.progress()
     view.drifts = await store.recent_drifts()
+    for records in (await knowledge.getmany(timeout_ms=0)).values():
+        for r in records:
+            ev = parse_event(r.value or b"", KnowledgeUpdate)
+            assert isinstance(ev, KnowledgeUpdate)
+            view.add_knowledge(ev)
 
 
 async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: float, live: bool) -> DemoView:
@@ -135,7 +186,13 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
     store = RedisStore.from_config(settings.redis)
     view = DemoView()
     console = Console()
-    await ensure_topics(settings.kafka, EventProducer(settings.kafka).topics.all())
+    topics = EventProducer(settings.kafka).topics
+    await ensure_topics(settings.kafka, topics.all())
+    knowledge = AIOKafkaConsumer(
+        topics.knowledge, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )
+    await knowledge.start()
     try:
         with Live(view.render(), console=console, refresh_per_second=4, transient=False) if live \
                 else _NoLive() as screen:
@@ -147,30 +204,32 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
                     else:
                         await producer.send(item)
                     view.produced += 1
-                    view.produced_feedback += not isinstance(item, PredictionEvent)
+                    view.produced_feedback += not isinstance(item, PredictionEvent | ConversationEvent)
+                    view.produced_turns += isinstance(item, ConversationEvent)
                     if rate and view.produced % 100 == 0:
                         ahead = view.produced / rate - (time.monotonic() - view.started)
                         if ahead > 0:
                             await asyncio.sleep(ahead)
                     if time.monotonic() - last > 0.5:
                         await producer.flush()
-                        await refresh(view, store)
+                        await refresh(view, store, knowledge)
                         screen.update(view.render())
                         last = time.monotonic()
             # Wait until the workers have caught up with everything produced.
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                await refresh(view, store)
+                await refresh(view, store, knowledge)
                 screen.update(view.render())
-                if view.consumed >= view.produced_feedback:
+                if view.consumed >= view.produced_feedback and view.turns >= view.produced_turns:
                     await asyncio.sleep(2.5)  # one more snapshot interval, so statuses are final
-                    await refresh(view, store)
+                    await refresh(view, store, knowledge)
                     screen.update(view.render())
                     break
                 await asyncio.sleep(0.5)
         if not live:
             console.print(view.render())
     finally:
+        await knowledge.stop()
         await store.close()
     return view
 

@@ -11,7 +11,7 @@ import faust
 from learners.config import LearnersConfig, load_learners_file
 from schemas import DriftEvent
 from streams.admin import ensure_topics
-from streams.app import FeedbackService, add_drift_agent, create_app
+from streams.app import LoopService, add_drift_agent, create_app
 from streams.consumer import FeedbackConsumer
 from streams.feedback import FeedbackProcessor
 from streams.topics import Topics
@@ -69,7 +69,7 @@ def run_feedback_worker(settings: Settings, *, learners: LearnersConfig | None =
 
     add_drift_agent(app, settings.kafka, remember)
 
-    class Prepare(FeedbackService):
+    class Prepare(LoopService):
         async def on_first_start(self) -> None:
             await worker.prepare()
 

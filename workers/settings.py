@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from learners.knowledge.config import NlpConfig
 from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig
 
@@ -50,6 +51,41 @@ class SnapshotConfig(BaseModel):
         return v
 
 
+class Neo4jConfig(BaseModel):
+    """Production knowledge graph. With no ``uri`` the embedded graph (LadybugDB) is used."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str | None = None
+    user: str = "neo4j"
+    password: SecretStr = SecretStr("")
+    database: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://",
+                                               "neo4j+ssc://")):
+            raise ValueError("must be a bolt:// or neo4j:// URI")
+        return v
+
+
+class GraphConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path | None = Field(default=None, description="embedded graph folder (default: DATA_DIR/graph)")
+    retries: int = Field(default=5, ge=0, le=100)
+    backoff_s: float = Field(default=0.2, gt=0)
+
+
+class ConversationsConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_id: str = "learnloop-conversations"
+    batch_max_records: int = Field(default=256, ge=1, le=10_000)
+    batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEARNLOOP_",
@@ -65,10 +101,18 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    nlp: NlpConfig = NlpConfig()
+    neo4j: Neo4jConfig = Neo4jConfig()
+    graph: GraphConfig = GraphConfig()
+    conversations: ConversationsConfig = ConversationsConfig()
     learners_file: Path = Path("learners.toml")
     data_dir: Path = Path(".learnloop")
     source: str = Field(default="learnloop", min_length=1, max_length=128)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def graph_path(self) -> Path:
+        return self.graph.path or self.data_dir / "graph"
 
 
 def _without_password(value: object) -> object:

@@ -24,7 +24,7 @@ class EmbeddedStack:
         self,
         settings: Settings,
         *,
-        workers: tuple[str, ...] = ("feedback",),
+        workers: tuple[str, ...] = ("feedback", "conversations"),
         learners_file: Path | None = None,
         log_dir: Path | None = None,
         quiet_workers: bool = False,

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from schemas.errors import LearnloopError
-from workers.cli import produce_cmd, schemas_cmd, stack_cmd, status_cmd, worker_cmd
+from workers.cli import graph_cmd, produce_cmd, schemas_cmd, stack_cmd, status_cmd, worker_cmd
 
 app = typer.Typer(
     name="learnloop",
@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(worker_cmd.app, name="worker")
+app.add_typer(graph_cmd.app, name="graph")
+app.add_typer(graph_cmd.dataset_app, name="dataset")
 app.command("dev")(stack_cmd.dev)
 app.command("demo")(stack_cmd.demo)
 app.command("learners")(status_cmd.learners)

@@ -20,3 +20,14 @@ def feedback() -> None:
     learners = load_learners_file(s.learners_file)  # a bad file fails here, in one line
     setup_logging(s.log_level)
     run_feedback_worker(s, learners=learners)
+
+
+@app.command("conversations")
+def conversations() -> None:
+    """Extract entities and relations from learnloop.conversations into the knowledge graph."""
+    from workers.cli import setup_logging
+    from workers.conversation_worker import run_conversation_worker
+
+    s = settings()
+    setup_logging(s.log_level)
+    run_conversation_worker(s)
