@@ -26,8 +26,8 @@ from learners.snapshot import dump_snapshot, load_snapshot
 from schemas import Envelope
 from schemas.errors import StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
-from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
-from streams.ports import PartitionStateStore
+from streams.feedback import BatchResult, FeedbackProcessor, LearnedSample, PartitionState
+from streams.ports import PartitionStateStore, SampleSink
 from streams.producer import route
 from streams.topics import Topics
 
@@ -44,11 +44,13 @@ class ConsumerStats:
     duplicates: int = 0
     drifts: int = 0
     snapshots: int = 0
+    stored: int = 0
     deadlettered: dict[str, int] = field(default_factory=dict)
     last_batch_s: float = 0.0
 
     def add(self, r: BatchResult) -> None:
         self.learned += r.learned
+        self.stored += len(r.samples)
         self.duplicates += r.duplicates
         self.drifts += r.drifts
         for k, v in r.deadlettered.items():
@@ -67,6 +69,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         store: PartitionStateStore,
         snapshot_key: bytes,
         topics: Topics | None = None,
+        samples: SampleSink | None = None,
     ) -> None:
         self.kafka = kafka
         self.config = config
@@ -74,6 +77,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.store = store
         self.snapshot_key = snapshot_key
         self.topics = topics or Topics(kafka.topic_prefix)
+        self.samples = samples
+        self._pending_samples: list[LearnedSample] = []
         self.states: dict[TopicPartition, PartitionState] = {}
         self.stats = ConsumerStats()
         self._consumer: AIOKafkaConsumer | None = None
@@ -137,6 +142,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:
             mine = [tp for tp in revoked if tp in self.states]
+            if mine and not self._dirty:
+                await self._flush_samples()
             for tp in mine if not self._dirty else []:
                 await self._commit_partition(tp)
             for tp in mine:
@@ -233,6 +240,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 else:
                     await self._seek_reset(tp)
             self._prediction_positions.clear()
+            self._pending_samples = []
             self._since_snapshot = 0
             self._dirty = False
             log.info("rewound %d partition(s) to their snapshots", len(self.states))
@@ -254,6 +262,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             if state is None:
                 continue  # revoked while the fetch was in flight: its new owner will read it
             r = await self.processor.process(state, records)
+            self._pending_samples.extend(r.samples)
             self.stats.add(r)
             outputs.extend(r.outputs)
             self.stats.records += len(records)
@@ -261,6 +270,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for state in self.states.values():
             if state.pending:
                 r = await self.processor.poll_pending(state)
+                self._pending_samples.extend(r.samples)
                 self.stats.add(r)
                 outputs.extend(r.outputs)
         if batch:
@@ -285,11 +295,18 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._commit_all()
 
     async def _commit_all(self) -> None:
+        await self._flush_samples()
         for tp in list(self.states):
             await self._commit_partition(tp)
         await self._commit_predictions()
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
+
+    async def _flush_samples(self) -> None:
+        # Before any snapshot covers them: a crash in between replays them, and the sink dedups.
+        if self.samples is not None and self._pending_samples:
+            await self.samples.add_samples(self._pending_samples)
+        self._pending_samples = []
 
     async def _commit_partition(self, tp: TopicPartition) -> None:
         state = self.states[tp]

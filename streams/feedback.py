@@ -112,6 +112,22 @@ class PartitionState:
         return out
 
 
+@dataclass(frozen=True)
+class LearnedSample:
+    """A feedback event as learned: its input (after the join) and the label it was mapped to."""
+
+    event_id: str
+    learner: str
+    subject_id: str | None
+    text: str | None
+    features: dict[str, Any] | None
+    label: Any
+    weight: float
+    channel: str
+    source: str
+    occurred_at: datetime
+
+
 @dataclass
 class BatchResult:
     """What one batch produced: events to send and counts to export."""
@@ -121,6 +137,7 @@ class BatchResult:
     duplicates: int = 0
     deadlettered: Counter[str] = field(default_factory=Counter)
     drifts: int = 0
+    samples: list[LearnedSample] = field(default_factory=list)
 
     def add_deadletter(self, dl: DeadLetter) -> None:
         self.outputs.append(dl)
@@ -334,6 +351,13 @@ class FeedbackProcessor:
         slot.last_event_at = ev.occurred_at
         slot.learned_at = self.clock()
         result.learned += 1
+        result.samples.append(
+            LearnedSample(
+                event_id=str(ev.event_id), learner=ev.learner, subject_id=ev.subject_id, text=ev.text,
+                features=dict(ev.features) if ev.features else None, label=target.y, weight=target.weight,
+                channel=ev.channel, source=ev.source, occurred_at=ev.occurred_at,
+            )
+        )
         if outcome.drift is not None:
             result.drifts += 1
             result.outputs.extend(self._drift_events(slot.learner, ev, outcome.drift))

@@ -64,3 +64,14 @@ class JoinStore(Protocol):
 
     async def get_predictions(self, prediction_ids: Sequence[str]) -> list[bytes | None]: ...
 
+
+
+class SampleSink(Protocol):
+    """Where learned feedback goes for later fine-tuning (the SQL feedback store).
+
+    Called with the samples of everything learned since the last snapshot, just
+    before the snapshot is committed; must be idempotent by ``event_id`` since a
+    replay after a crash sends them again.
+    """
+
+    async def add_samples(self, samples: Sequence[Any]) -> None: ...
