@@ -69,3 +69,5 @@ class FeedbackConfig(BaseModel):
     orphan_wait_s: float = Field(default=60.0, ge=0, description="how long feedback waits for its prediction")
     orphan_max: int = Field(default=50_000, ge=0, description="orphans held per partition before the oldest go")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Keep every learned sample in the SQL feedback store, for fine-tuning the heavy model.
+    store_samples: bool = True

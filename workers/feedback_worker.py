@@ -42,12 +42,23 @@ class FeedbackWorker:
             orphan_wait_s=fb.orphan_wait_s,
             orphan_max=fb.orphan_max,
         )
+        sink = None
+        if fb.store_samples:
+            from workers.sample_sink import SqlSampleSink
+            from workers.store.config import database_url
+            from workers.store.engine import engine_for
+            from workers.store.feedback import FeedbackStore
+            from workers.store.migrate import upgrade
+
+            upgrade(database_url(settings.database, settings.data_dir))
+            sink = SqlSampleSink(FeedbackStore(engine_for(settings.database, settings.data_dir)))
         consumer = FeedbackConsumer(
             kafka=settings.kafka,
             config=fb,
             processor=processor,
             store=store,
             snapshot_key=settings.snapshot.key.get_secret_value().encode(),
+            samples=sink,
         )
         return cls(settings, learners, store, consumer)
 

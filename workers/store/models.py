@@ -1,0 +1,142 @@
+"""The SQL tables: feedback samples, training jobs and the retrain requests each job answers.
+
+The schema itself is created by the Alembic migrations in ``migrations/``;
+these models must stay in step with them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from workers.store.samples import LabelValue
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "rejected"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "rejected")
+JobReason = Literal["drift", "schedule", "manual", "volume"]
+
+ID_LEN = 36  # a UUID's text form
+NAME_LEN = 128  # schemas.envelope.MAX_NAME
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware datetime in, an aware UTC datetime out, on every engine.
+
+    PostgreSQL keeps ``timestamptz``. SQLite has no time zones: values are
+    stored as naive UTC text (so they sort and compare correctly) and come
+    back with ``tzinfo=UTC``. Naive input is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: the store needs timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FeedbackSample(Base):
+    """One labelled feedback event, as the trainer will read it (after the prediction join)."""
+
+    __tablename__ = "feedback_samples"
+    __table_args__ = (
+        Index("ix_feedback_samples_learner_occurred_at", "learner", "occurred_at"),
+        Index("ix_feedback_samples_occurred_at", "occurred_at"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    learner: Mapped[str] = mapped_column(String(NAME_LEN))
+    subject_id: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    text: Mapped[str | None] = mapped_column(Text)
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    label: Mapped[LabelValue] = mapped_column(JSON)
+    weight: Mapped[float] = mapped_column(Float)
+    channel: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(NAME_LEN))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+_QUEUED = text("status = 'queued'")
+
+
+class TrainingJob(Base):
+    """A fine-tuning job: the retrain requests it coalesces and how its run went.
+
+    ``requested_at`` is the time of its latest coalesced request (the trainer
+    lets a burst settle before claiming). At most one job per model is queued,
+    enforced by a partial unique index, so concurrent requests cannot fork it.
+    """
+
+    __tablename__ = "training_jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'rejected')", name="ck_training_jobs_status"
+        ),
+        Index("ix_training_jobs_model", "model"),
+        Index("ix_training_jobs_status_created_at", "status", "created_at"),
+        Index("uq_training_jobs_queued_model", "model", unique=True, sqlite_where=_QUEUED, postgresql_where=_QUEUED),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True, default=lambda: str(uuid.uuid4()))
+    model: Mapped[str] = mapped_column(String(NAME_LEN))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(16))
+    request_ids: Mapped[list[str]] = mapped_column(JSON)
+    drift_event_ids: Mapped[list[str]] = mapped_column(JSON)
+    learners: Mapped[list[str]] = mapped_column(JSON)
+    window: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+    def __repr__(self) -> str:
+        return f"TrainingJob(id={self.id!r}, model={self.model!r}, status={self.status!r}, attempts={self.attempts})"
+
+
+class JobRequest(Base):
+    """Which job answers a retrain request: the idempotency key of ``JobStore.request``."""
+
+    __tablename__ = "training_job_requests"
+
+    request_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)

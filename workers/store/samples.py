@@ -1,0 +1,76 @@
+"""Feedback samples as plain values: what the sink writes and what a training window reads.
+
+No SQL here, so dataset code and its tests work on plain lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas import FeedbackEvent
+
+FeatureValue = bool | int | float | str
+LabelValue = bool | int | float | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleIn:
+    """One labelled example to store: the event's input (after the join) and its mapped label.
+
+    ``label`` and ``weight`` are what the learner's label mapping made of the
+    event's label, rating or signal. ``occurred_at`` must be timezone-aware.
+
+    >>> from datetime import datetime, timezone
+    >>> s = SampleIn(event_id="e-1", learner="ctr", text="great", label=True, source="web",
+    ...              occurred_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    >>> s.weight, s.channel
+    (1.0, 'explicit')
+    """
+
+    event_id: str
+    learner: str
+    label: LabelValue
+    occurred_at: datetime
+    source: str
+    subject_id: str | None = None
+    text: str | None = None
+    features: Mapping[str, FeatureValue] | None = None
+    weight: float = 1.0
+    channel: str = "explicit"
+
+    def __post_init__(self) -> None:
+        if self.text is None and self.features is None:
+            raise ValueError(f"sample {self.event_id}: needs text or features")
+        if self.occurred_at.tzinfo is None or self.occurred_at.utcoffset() is None:
+            raise ValueError(f"sample {self.event_id}: occurred_at must be timezone-aware")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample(SampleIn):
+    """A stored sample, as a training window returns it (times in UTC)."""
+
+    stored_at: datetime
+
+
+def sample_of(event: FeedbackEvent, *, label: LabelValue, weight: float = 1.0) -> SampleIn | None:
+    """The sample to store for ``event`` (joined: its features or text filled in), or None without input.
+
+    Feedback that still waits for its prediction has neither text nor
+    features and is not a training example yet.
+    """
+    if event.text is None and event.features is None:
+        return None
+    return SampleIn(
+        event_id=str(event.event_id),
+        learner=event.learner,
+        subject_id=event.subject_id,
+        text=event.text,
+        features=dict(event.features) if event.features is not None else None,
+        label=label,
+        weight=weight,
+        channel=event.channel,
+        source=event.source,
+        occurred_at=event.occurred_at,
+    )
