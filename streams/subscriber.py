@@ -1,0 +1,397 @@
+"""Subscriber SDK: serving applications follow ``learnloop.model-updates`` and hot-swap models.
+
+``ModelSubscriber`` reads the model-update topic, keeps the updates for the
+models and aliases it follows, loads each new version in a worker thread and
+swaps it in with one reference assignment, so ``predict`` always runs on a
+complete model. ``SyncModelSubscriber`` wraps it for threaded apps (Flask,
+Django, scripts) with its own event loop in a daemon thread.
+
+The subscriber is a *reader*, not a processor: it never produces, so a record
+it cannot read is logged and skipped (not dead-lettered), and a version that
+fails to load is logged while the loaded one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas import InvalidEvent, ModelUpdate, parse_event
+from schemas.errors import LearnloopError
+from streams.config import KafkaConfig
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str], Any]
+"""Turns an update's ``uri`` into an object with ``predict(inputs)``."""
+OnSwap = Callable[[str, ModelUpdate], None]
+T = TypeVar("T")
+
+_POLL_MS = 500
+_CATCH_UP_IDLE_POLLS = 3  # empty polls after which catch-up ends even if an end offset was not reached
+
+
+class ModelNotReady(LearnloopError):
+    """No version of the model has been loaded yet (or the model is not followed)."""
+
+
+def load_mlflow_model(uri: str) -> Any:
+    """The default loader: ``mlflow.pyfunc.load_model`` (MLflow finds its registry in ``MLFLOW_TRACKING_URI``)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    with warnings.catch_warnings():
+        # Both fire once, on import: mlflow.pyfunc warns about `Any` fields of its own agent types, and
+        # MLflow's SQL store uses a relationship option that SQLAlchemy 2.1 deprecates.
+        warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="The ``noload`` loader strategy is deprecated", category=DeprecationWarning
+        )
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(uri)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model and the update it came from; immutable, so a reference to it is always consistent."""
+
+    update: ModelUpdate
+    model: Any
+
+    @property
+    def version(self) -> str:
+        return self.update.version
+
+    def predict(self, inputs: Any) -> Any:
+        return self.model.predict(inputs)
+
+
+def _newer(candidate: str, current: str) -> bool:
+    """Numbered versions compare as numbers; other versions are newer when they differ (topic order)."""
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) > int(current)
+    return candidate != current
+
+
+class ModelSubscriber:
+    """Follows chosen models and aliases on the model-update topic; serves the newest loadable version.
+
+    ``models`` maps a model name to the alias followed, e.g. ``{"sea-text": "champion"}``.
+    Every partition is read from the beginning (updates are few), so at start the
+    subscriber loads the latest announced version and then follows. Without a
+    ``group_id`` nothing is committed; with one, the applied offsets are committed
+    under it so that lag tools see the app (partitions are still all read by every
+    replica: a serving replica needs every update, so it never shares partitions).
+
+    An update older than the loaded version is ignored. When the newest version
+    fails to load, the next-newer announced ones are tried (up to ``max_fallbacks``)
+    and otherwise the loaded model stays; the failure is logged with the version.
+
+    >>> sub = ModelSubscriber(KafkaConfig(), {"sea-text": "champion"}, loader=lambda uri: None)
+    >>> sub.current("sea-text") is None
+    True
+    >>> sub.predict("sea-text", ["great product"])
+    Traceback (most recent call last):
+    ...
+    streams.subscriber.ModelNotReady: no version of 'sea-text' (alias 'champion') is loaded yet
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        models: Mapping[str, str],
+        *,
+        loader: Loader | None = None,
+        topics: Topics | None = None,
+        group_id: str | None = None,
+        on_swap: OnSwap | None = None,
+        max_fallbacks: int = 3,
+    ) -> None:
+        if not models:
+            raise ValueError("follow at least one model, e.g. {'sea-text': 'champion'}")
+        self.kafka = kafka
+        self.models = dict(models)
+        self.loader: Loader = loader or load_mlflow_model
+        self.topics = topics or Topics(kafka.topic_prefix)
+        self.group_id = group_id
+        self.on_swap = on_swap
+        self.max_fallbacks = max_fallbacks
+        self.load_failures: dict[str, int] = {}
+        self.skipped_records = 0
+        self._served: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+        self._ready = {name: asyncio.Event() for name in self.models}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- serving (any thread) -------------------------------------------------
+
+    def get(self, model: str) -> ServedModel:
+        """The loaded version of ``model``; use its ``version`` with its ``predict`` to report both consistently."""
+        with self._lock:
+            served = self._served.get(model)
+        if served is None:
+            if model not in self.models:
+                raise ModelNotReady(f"model {model!r} is not followed (following: {', '.join(self.models)})")
+            raise ModelNotReady(f"no version of {model!r} (alias {self.models[model]!r}) is loaded yet")
+        return served
+
+    def predict(self, model: str, inputs: Any) -> Any:
+        """Predict with the loaded version of ``model``; a swap never interrupts a call in progress."""
+        return self.get(model).predict(inputs)
+
+    def current(self, model: str) -> ModelUpdate | None:
+        with self._lock:
+            served = self._served.get(model)
+        return served.update if served is not None else None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            client_id=f"{self.kafka.client_id}-model-subscriber",
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            **self.kafka.client_kwargs(),
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(consumer), name="learnloop-model-subscriber")
+        self._task.add_done_callback(_report_crash)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()  # a load in progress finishes in its thread and is dropped
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged when it happened
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def __aenter__(self) -> ModelSubscriber:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_ready(self, model: str, timeout: float = 60.0) -> ServedModel:
+        """Wait until a version of ``model`` is loaded; ``ModelNotReady`` after ``timeout`` seconds."""
+        if model not in self._ready:
+            raise ModelNotReady(f"model {model!r} is not followed (following: {', '.join(self.models)})")
+        waiter = asyncio.ensure_future(self._ready[model].wait())
+        watched: set[asyncio.Future[Any]] = {waiter} | ({self._task} if self._task is not None else set())
+        try:
+            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self._task is not None and self._task.done() and not self._task.cancelled() and self._task.exception():
+            raise ModelNotReady(f"the subscriber stopped: {self._task.exception()!r}")
+        if not self._ready[model].is_set():
+            raise ModelNotReady(f"no version of {model!r} loaded within {timeout:g}s")
+        return self.get(model)
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        tps = await self._partitions(consumer)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        # Catch up first and load once: replaying history must not load every old version.
+        pending: dict[str, list[ModelUpdate]] = {}
+        idle = 0
+        while idle < _CATCH_UP_IDLE_POLLS and any([await consumer.position(tp) < end[tp] for tp in tps]):
+            batch = await self._poll(consumer)
+            idle = 0 if batch else idle + 1
+            self._collect(batch, pending)
+        await self._apply_all(consumer, pending)
+        log.info("model subscriber caught up: %s", {m: self._version(m) for m in self.models})
+        while True:
+            pending = {}
+            self._collect(await self._poll(consumer), pending)
+            if pending:
+                await self._apply_all(consumer, pending)
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        topic = self.topics.model_updates
+        while True:  # nothing announced yet: the topic may not exist
+            parts = consumer.partitions_for_topic(topic)
+            if parts:
+                return [TopicPartition(topic, p) for p in sorted(parts)]
+            with contextlib.suppress(KafkaError):
+                await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.5)
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
+        try:
+            batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=10_000)
+        except KafkaError as error:  # the client reconnects by itself; keep serving meanwhile
+            log.warning("model-update poll failed, retrying: %r", error)
+            await asyncio.sleep(1.0)
+            return []
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        for recs in batch.values():
+            records.extend(recs)
+        return records
+
+    def _collect(self, records: list[ConsumerRecord[bytes, bytes]], pending: dict[str, list[ModelUpdate]]) -> None:
+        for rec in records:
+            try:
+                if rec.value is None:
+                    raise InvalidEvent("record has no value", reason="invalid_json")
+                update = parse_event(rec.value, ModelUpdate)
+            except InvalidEvent as error:
+                self.skipped_records += 1
+                log.warning(
+                    "skipping record %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, error, error.reason
+                )
+                continue
+            if self.models.get(update.model) == update.alias:
+                pending.setdefault(update.model, []).append(update)
+
+    async def _apply_all(self, consumer: AIOKafkaConsumer, pending: dict[str, list[ModelUpdate]]) -> None:
+        for model, updates in pending.items():
+            await self._apply(model, updates)
+        if self.group_id is not None:
+            try:
+                await consumer.commit()
+            except KafkaError as error:  # offsets are for lag tools only; the next commit catches up
+                log.warning("could not commit model-update offsets for %s: %r", self.group_id, error)
+
+    async def _apply(self, model: str, updates: list[ModelUpdate]) -> None:
+        """Load the newest update that is newer than the served one; fall back to the next-newer ones."""
+        current = self._version(model)
+        fresh = [u for u in updates if current is None or _newer(u.version, current)]
+        if all(u.version.isdigit() for u in fresh):
+            fresh.sort(key=lambda u: int(u.version))
+        candidates: dict[str, ModelUpdate] = {}
+        for update in reversed(fresh):  # newest first; a re-announced version is tried once
+            candidates.setdefault(update.version, update)
+        for update in list(candidates.values())[: 1 + self.max_fallbacks]:
+            try:
+                loaded = await asyncio.to_thread(self.loader, update.uri)
+            except Exception:  # any loader failure: the served model must survive it
+                self.load_failures[model] = self.load_failures.get(model, 0) + 1
+                log.exception("%s version %s failed to load; serving stays at %s", model, update.version, current)
+                continue
+            self._swap(model, ServedModel(update, loaded))
+            return
+
+    def _swap(self, model: str, served: ServedModel) -> None:
+        with self._lock:
+            previous = self._served.get(model)
+            self._served[model] = served
+        self._ready[model].set()
+        was = previous.version if previous else None
+        log.info("%s: serving version %s (%s), was %s", model, served.version, served.update.uri, was)
+        if self.on_swap is not None:
+            try:
+                self.on_swap(model, served.update)
+            except Exception:  # the app's callback must not stop the subscriber
+                log.exception("on_swap callback failed for %s version %s", model, served.version)
+
+    def _version(self, model: str) -> str | None:
+        update = self.current(model)
+        return update.version if update is not None else None
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("model subscriber stopped; the loaded models keep serving", exc_info=task.exception())
+
+
+class SyncModelSubscriber:
+    """Blocking wrapper around :class:`ModelSubscriber` for threaded serving apps.
+
+    A private event loop runs in a daemon thread; ``predict``, ``get`` and
+    ``current`` are thread-safe and do not touch that loop. ``on_swap`` runs in
+    the subscriber's thread.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        models: Mapping[str, str],
+        *,
+        loader: Loader | None = None,
+        topics: Topics | None = None,
+        group_id: str | None = None,
+        on_swap: OnSwap | None = None,
+        max_fallbacks: int = 3,
+    ) -> None:
+        self._async = ModelSubscriber(
+            kafka,
+            models,
+            loader=loader,
+            topics=topics,
+            group_id=group_id,
+            on_swap=on_swap,
+            max_fallbacks=max_fallbacks,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="learnloop-subscriber", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._async.start())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result()
+
+    @property
+    def subscriber(self) -> ModelSubscriber:
+        return self._async
+
+    def wait_ready(self, model: str, timeout: float = 60.0) -> ServedModel:
+        return self._call(self._async.wait_ready(model, timeout))
+
+    def get(self, model: str) -> ServedModel:
+        return self._async.get(model)
+
+    def predict(self, model: str, inputs: Any) -> Any:
+        return self._async.predict(model, inputs)
+
+    def current(self, model: str) -> ModelUpdate | None:
+        return self._async.current(model)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._async.stop())
+        finally:
+            self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncModelSubscriber:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Training-side MLflow integration: the registry and the stand-alone serving model."""
