@@ -14,9 +14,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from learners.finetune import FineTuneConfig
 from learners.knowledge.config import NlpConfig
 from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig
+from workers.store.config import DatabaseConfig
+from workers.trainer.config import MlflowConfig, TrainerConfig
 
 DEV_SNAPSHOT_KEY = "learnloop-dev-only-snapshot-key"
 DEV_ENV_FILE = ".learnloop/dev.env"
@@ -105,6 +108,10 @@ class Settings(BaseSettings):
     neo4j: Neo4jConfig = Neo4jConfig()
     graph: GraphConfig = GraphConfig()
     conversations: ConversationsConfig = ConversationsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    training: FineTuneConfig = FineTuneConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    trainer: TrainerConfig = TrainerConfig()
     learners_file: Path = Path("learners.toml")
     data_dir: Path = Path(".learnloop")
     source: str = Field(default="learnloop", min_length=1, max_length=128)

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from schemas.errors import LearnloopError
-from workers.cli import graph_cmd, produce_cmd, schemas_cmd, stack_cmd, status_cmd, worker_cmd
+from workers.cli import graph_cmd, produce_cmd, schemas_cmd, stack_cmd, status_cmd, training_cmd, worker_cmd
 
 app = typer.Typer(
     name="learnloop",
@@ -29,6 +29,10 @@ app.command("dev")(stack_cmd.dev)
 app.command("demo")(stack_cmd.demo)
 app.command("learners")(status_cmd.learners)
 app.command("produce")(produce_cmd.produce)
+app.command("retrain")(training_cmd.retrain)
+app.command("jobs")(training_cmd.jobs)
+app.command("models")(training_cmd.models)
+app.add_typer(training_cmd.db_app, name="db")
 
 
 def main() -> None:

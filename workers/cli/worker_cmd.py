@@ -31,3 +31,14 @@ def conversations() -> None:
     s = settings()
     setup_logging(s.log_level)
     run_conversation_worker(s)
+
+
+@app.command("trainer")
+def trainer() -> None:
+    """Run retraining jobs from learnloop.retrain; announce new versions on learnloop.model-updates."""
+    from workers.cli import setup_logging
+    from workers.trainer.worker import run_trainer_worker
+
+    s = settings()
+    setup_logging(s.log_level)
+    run_trainer_worker(s)

@@ -1,0 +1,160 @@
+"""The training loop end to end on CPU with tiny data: request → job → MLflow version → ModelUpdate → subscriber.
+
+Real SQLite store, real MLflow registry (local SQLite), real fine-tuning of the
+shipped MiniLM for a few steps, real broker for the announcement.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from learners.config import LearnersConfig
+from learners.finetune import FineTuneConfig
+from schemas import DataWindow, ModelUpdate, RetrainRequest, parse_event
+from streams.admin import ensure_topics
+from streams.producer import EventProducer
+from streams.subscriber import ModelSubscriber
+from streams.topics import Topics
+from tests.integration.util import read_topic
+from workers.settings import Settings
+from workers.store.engine import make_engine
+from workers.store.feedback import FeedbackStore
+from workers.store.jobs import JobStore
+from workers.store.migrate import upgrade
+from workers.store.samples import SampleIn
+from workers.trainer.config import MlflowConfig, TrainerConfig
+from workers.trainer.pipeline import TrainingPipeline
+from workers.trainer.service import Trainer
+from workers.training.registry import ModelRegistry
+
+pytestmark = pytest.mark.integration
+
+GOOD = ["great", "excellent", "helpful", "love", "perfect", "clear", "fast"]
+BAD = ["awful", "useless", "slow", "hate", "broken", "wrong", "confusing"]
+
+
+def sentiment_samples(n: int, *, learner: str = "answers", seed: int = 3, flip: bool = False) -> list[SampleIn]:
+    rng = random.Random(seed)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    out = []
+    for i in range(n):
+        positive = rng.random() < 0.5
+        words = rng.sample(GOOD if positive else BAD, 2)
+        text = f"ticket {i}: the answer was {words[0]} and {words[1]}"
+        out.append(SampleIn(
+            event_id=str(uuid.uuid4()), learner=learner, text=text, label=positive != flip, weight=1.0,
+            source="test", occurred_at=t0 + timedelta(seconds=i),
+        ))
+    return out
+
+
+TINY = FineTuneConfig(max_length=24, batch_size=16, epochs=2, max_steps=30, learning_rate=2e-3, patience=5)
+
+
+class Rig:
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        url = f"sqlite:///{tmp / 'store.db'}"
+        upgrade(url)
+        self.engine = make_engine(url)
+        self.store = FeedbackStore(self.engine)
+        self.jobs = JobStore(self.engine)
+        self.registry = ModelRegistry(MlflowConfig(), tmp)
+        self.settings = settings
+        self.config = TrainerConfig(settle_s=0, min_samples=100, min_per_class=10, margin=0.01)
+
+    def trainer(self, finetune: FineTuneConfig = TINY) -> Trainer:
+        pipeline = TrainingPipeline(
+            store=self.store, registry=self.registry, finetune=finetune, config=self.config, source="test"
+        )
+        learners = LearnersConfig.from_mapping({"learners": {"answers": {"retrain_model": "answers-text"}}})
+        return Trainer(jobs=self.jobs, pipeline=pipeline, producer=EventProducer(self.settings.kafka),
+                       learners=learners, config=self.config)
+
+    async def run_one(self, trainer: Trainer, req: RetrainRequest) -> dict[str, object]:
+        job = trainer.intake(req)
+        claimed = trainer.jobs.claim_next(trainer.worker_id)
+        assert claimed is not None and claimed.id == job.id
+        await trainer.producer.start()
+        try:
+            await trainer.run_job(claimed)
+        finally:
+            await trainer.producer.stop()
+        done = self.jobs.get(job.id)
+        assert done is not None
+        return {"status": done.status, "error": done.error, "result": done.result or {}}
+
+
+@pytest.fixture
+def rig(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    monkeypatch.chdir(tmp_path)  # nothing may land in ./mlruns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield Rig(settings, tmp_path)
+
+
+def request(model: str = "answers-text", **kw: object) -> RetrainRequest:
+    return RetrainRequest(model=model, reason="manual", source="test", **kw)  # type: ignore[arg-type]
+
+
+async def test_request_to_registered_version_to_subscriber(settings: Settings, rig: Rig, tmp_path: Path) -> None:
+    rig.store.add_many(sentiment_samples(400))
+    await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
+    outcome = await rig.run_one(rig.trainer(), request())
+    assert outcome["status"] == "succeeded", outcome["error"]
+    result = outcome["result"]
+    assert isinstance(result, dict)
+    assert result["version"] == "1" and result["alias"] == "champion" and result["reason"] == "no champion yet"
+    assert result["metrics"]["accuracy"] >= 0.8  # type: ignore[index]
+    assert rig.registry.alias_version("answers-text", "champion") == "1"
+    assert not (tmp_path / "mlruns").exists()
+
+    topic = Topics(settings.kafka.topic_prefix).model_updates
+    [record] = await read_topic(settings.kafka, topic, expect=1)
+    update = parse_event(record.value, ModelUpdate)
+    assert isinstance(update, ModelUpdate)
+    assert (update.uri, update.alias, update.kind) == ("models:/answers-text/1", "champion", "fine-tuned")
+    assert update.lineage.n_samples == 400 and update.lineage.parent_version is None
+
+    async with ModelSubscriber(settings.kafka, {"answers-text": "champion"}) as sub:
+        served = await sub.wait_ready("answers-text", timeout=120)
+        assert served.version == "1"
+        out = sub.predict("answers-text", ["the answer was great and helpful", "the answer was awful and slow"])
+        assert list(out["label"]) == [True, False]
+        assert all(0.5 < p <= 1.0 for p in out["probability"])
+
+
+async def test_too_little_data_fails_the_job_and_promotes_nothing(rig: Rig) -> None:
+    rig.store.add_many(sentiment_samples(40))
+    outcome = await rig.run_one(rig.trainer(), request())
+    assert outcome["status"] == "failed"
+    assert "only 40 samples (need 100)" in str(outcome["error"])
+    assert rig.registry.versions("answers-text") == []
+
+
+async def test_a_candidate_no_better_than_the_champion_stays_challenger(rig: Rig) -> None:
+    rig.store.add_many(sentiment_samples(400))
+    first = await rig.run_one(rig.trainer(), request())
+    assert first["status"] == "succeeded" and first["result"]["alias"] == "champion"  # type: ignore[index]
+    # One optimiser step barely moves the base model: it cannot beat a trained champion.
+    weak = TINY.model_copy(update={"max_steps": 1, "learning_rate": 1e-6})
+    second = await rig.run_one(rig.trainer(weak), request(window=DataWindow(last_n=400)))
+    assert second["status"] == "succeeded", second["error"]
+    result = second["result"]
+    assert isinstance(result, dict)
+    assert (result["version"], result["alias"], result["promoted"]) == ("2", "challenger", False)
+    assert result["parent_version"] == "1"
+    assert rig.registry.alias_version("answers-text", "champion") == "1"
+    assert rig.registry.alias_version("answers-text", "challenger") == "2"
+
+
+def test_a_burst_of_requests_coalesces_into_one_job(rig: Rig) -> None:
+    trainer = rig.trainer()
+    ids = {trainer.intake(request(learner="answers")).id for _ in range(10)}
+    assert len(ids) == 1
+    [job] = rig.jobs.list(model="answers-text")
+    assert len(job.request_ids) == 10 and job.status == "queued"

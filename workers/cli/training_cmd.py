@@ -1,0 +1,111 @@
+"""`learnloop retrain`, `jobs`, `models` and `db`: the training side, from the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas import RetrainRequest
+from streams.admin import ensure_topics
+from streams.producer import EventProducer
+from workers.cli.common import run_async, settings
+
+db_app = typer.Typer(help="The SQL store (feedback samples, training jobs).", no_args_is_help=True)
+
+
+def retrain(
+    model: str = typer.Argument(..., help="Model name, as in a learner's retrain_model."),
+    learner: str = typer.Option(None, "--learner", help="Learner whose feedback to train on (default: all)."),
+    last_n: int = typer.Option(None, "--last-n", min=1, help="Train on the newest N samples."),
+) -> None:
+    """Ask the trainer for a new version of MODEL (a manual RetrainRequest on learnloop.retrain)."""
+    from schemas import DataWindow
+
+    s = settings()
+    req = RetrainRequest(
+        model=model, reason="manual", learner=learner, window=DataWindow(last_n=last_n), source=s.source
+    )
+
+    async def send() -> None:
+        async with EventProducer(s.kafka) as p:
+            await ensure_topics(s.kafka, p.topics.all())
+            await p.send(req)
+
+    run_async(send(), settings=s)
+    typer.echo(f"requested {model}: request {req.request_id}")
+
+
+def jobs(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    model: str = typer.Option(None, "--model", help="Only this model's jobs."),
+    limit: int = typer.Option(50, min=1, help="Most recent jobs to list."),
+) -> None:
+    """Training jobs: queued, running, succeeded, failed (with the reason) and rejected."""
+    from workers.store.engine import engine_for
+    from workers.store.jobs import JobStore, job_as_dict
+
+    s = settings()
+    store = JobStore(engine_for(s.database, s.data_dir))
+    rows = [job_as_dict(j) for j in store.list(limit=limit, model=model)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("job", "model", "status", "reason", "created", "version", "detail")
+    for r in rows:
+        result: dict[str, Any] = r.get("result") or {}
+        detail = r.get("error") or result.get("reason") or (r.get("progress") or {}).get("stage") or ""
+        version = f"{result['version']} ({result.get('alias')})" if result.get("version") else "-"
+        table.add_row(r["id"][:8], r["model"], r["status"], r["reason"], str(r["created_at"])[:19], version,
+                      str(detail)[:60])
+    Console().print(table)
+
+
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    name: str = typer.Option(None, "--model", help="Only this model."),
+) -> None:
+    """Registered model versions and their aliases (champion, challenger)."""
+    from workers.training.registry import ModelRegistry
+
+    s = settings()
+    rows = ModelRegistry(s.mlflow, s.data_dir).versions(name)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("model", "version", "aliases", "created", "f1", "accuracy", "grade")
+    for r in rows:
+        m = r.get("metrics") or {}
+        table.add_row(
+            r["name"], str(r["version"]), ", ".join(r.get("aliases", [])) or "-", str(r.get("created_at"))[:19],
+            f"{m['f1']:.3f}" if "f1" in m else "-", f"{m['accuracy']:.3f}" if "accuracy" in m else "-",
+            (r.get("tags") or {}).get("grade", "-"),
+        )
+    Console().print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the SQL schema to the newest revision (Alembic)."""
+    from workers.store.config import database_url
+    from workers.store.engine import describe
+    from workers.store.migrate import current_revision, upgrade
+
+    s = settings()
+    url = database_url(s.database, s.data_dir)
+    upgrade(url)
+    typer.echo(f"{describe(url)} at revision {current_revision(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """The schema revision of the configured database."""
+    from workers.store.config import database_url
+    from workers.store.migrate import current_revision, head_revision
+
+    s = settings()
+    rev = current_revision(database_url(s.database, s.data_dir))
+    typer.echo(f"{rev or 'empty'} (newest: {head_revision()})")

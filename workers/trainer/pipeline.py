@@ -1,0 +1,158 @@
+"""One training job, start to finish: dataset → fine-tune → evaluate vs champion → MLflow → announce.
+
+The order of the last steps is what makes a crash safe: the version is
+registered (tagged with the job id) before any alias moves, the alias moves
+only after registration succeeded, and the job is marked succeeded last. A
+trainer killed anywhere leaves at worst a registered version with no alias,
+which nothing serves; the stale job is requeued or failed by the next trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from learners.evaluation import EvalReport, evaluate, gate, grade, quantization_effect
+from learners.finetune import FineTuneConfig, TextData, fine_tune
+from learners.textclf import TextClassifier, quantize_dynamic
+from schemas import ModelUpdate
+from workers.store.datasets import Dataset, build_dataset, split
+from workers.store.feedback import FeedbackStore
+from workers.store.jobs import job_window
+from workers.store.models import TrainingJob
+from workers.trainer.config import TrainerConfig
+from workers.training.registry import ModelRegistry, code_version, model_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    result: dict[str, Any]
+    update: ModelUpdate
+
+
+def _data(ds: Dataset) -> TextData:
+    return TextData(list(ds.texts), _labels(ds), list(ds.weights))
+
+
+def _labels(ds: Dataset) -> list[Any]:
+    # A class label is bool, int or str here: regression targets never reach fine-tuning.
+    return list(ds.labels)
+
+
+class TrainingPipeline:
+    def __init__(
+        self,
+        *,
+        store: FeedbackStore,
+        registry: ModelRegistry,
+        finetune: FineTuneConfig,
+        config: TrainerConfig,
+        source: str,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.finetune = finetune
+        self.config = config
+        self.source = source
+
+    def dataset(self, job: TrainingJob) -> Dataset:
+        window = job_window(job)
+        last_n = window.last_n or (None if window.start else self.config.last_n)
+        learners = list(job.learners or [job.model])
+        samples = self.store.window(learners, start=window.start, end=window.end, last_n=last_n)
+        return build_dataset(samples, min_samples=self.config.min_samples, min_per_class=self.config.min_per_class)
+
+    def run(
+        self,
+        job: TrainingJob,
+        *,
+        progress: Callable[[dict[str, Any]], None],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> JobOutcome:
+        t0 = time.monotonic()
+        progress({"stage": "dataset"})
+        ds = self.dataset(job)  # DatasetInvalid fails the job with its reason
+        parts = split(ds, val_fraction=self.config.val_fraction, test_fraction=self.config.test_fraction)
+        log.info("job %s: %d samples (%s)", job.id, len(ds), ds.report.get("classes"))
+        champion_version = self.registry.alias_version(job.model, "champion")
+        with tempfile.TemporaryDirectory(prefix="learnloop-train-") as tmp, self.registry.start_run(
+            job.id, job.model, {**self.finetune.model_dump(), "n_samples": len(ds), "reason": job.reason}
+        ) as run:
+            run.log_dict("dataset.json", dict(ds.report))
+            def report(p: dict[str, Any]) -> None:
+                progress(p)
+                _log_step(run, p)
+
+            ft = fine_tune(
+                _data(parts.train), _data(parts.val), self.finetune, Path(tmp) / "model",
+                progress=report, should_stop=should_stop,
+            )
+            progress({"stage": "evaluate"})
+            candidate = evaluate(TextClassifier.load(ft.model_dir), list(parts.test.texts), _labels(parts.test))
+            champion = self._champion_report(job.model, champion_version, parts.test, Path(tmp))
+            decision = gate(candidate, champion, margin=self.config.margin, alpha=self.config.alpha)
+            metrics = {**candidate.metrics(), "train_samples_per_s": ft.train_samples_per_s,
+                       "best_val_loss": ft.best_val_loss, "epochs_run": float(ft.epochs_run)}
+            if champion is not None:
+                metrics.update({f"champion_{k}": v for k, v in champion.metrics().items()})
+            if decision.p_value is not None:
+                metrics["mcnemar_p"] = decision.p_value
+            run.log_metrics(metrics)
+            if self.config.quantize:
+                q = quantize_dynamic(ft.model_dir, Path(tmp) / "int8")
+                q_report = evaluate(TextClassifier.load_quantized(q), list(parts.test.texts),
+                                    _labels(parts.test))
+                run.log_metrics({f"int8_{k}": v for k, v in quantization_effect(candidate, q_report).items()})
+                run.log_artifact_dir(q, "int8")
+            letter = grade(candidate)
+            progress({"stage": "register"})
+            version = self.registry.register(
+                run, ft.model_dir, job.model,
+                tags={"grade": letter, "alias": decision.alias, "reason": job.reason},
+            )
+            # Only a fully registered version ever gets an alias.
+            self.registry.set_alias(job.model, decision.alias, version)
+        window = job_window(job)
+        update = model_update(
+            job.model, version, decision.alias, candidate.metrics(),
+            parent_version=champion_version, data_window=window, n_samples=len(ds),
+            code_version=code_version(), source=self.source,
+        )
+        result = {
+            "version": version, "alias": decision.alias, "promoted": decision.promote, "reason": decision.reason,
+            "grade": letter, "metrics": candidate.metrics(),
+            "champion_metrics": champion.metrics() if champion else None, "parent_version": champion_version,
+            "dataset": dict(ds.report), "device": ft.device, "epochs_run": ft.epochs_run,
+            "train_samples_per_s": ft.train_samples_per_s, "duration_s": round(time.monotonic() - t0, 2),
+            "uri": update.uri,
+        }
+        log.info("job %s: %s version %s → %s (%s)", job.id, job.model, version, decision.alias, decision.reason)
+        return JobOutcome(result, update)
+
+    def _champion_report(self, model: str, version: str | None, test: Dataset, tmp: Path) -> EvalReport | None:
+        if version is None:
+            return None
+        folder = self.registry.model_dir(model, version, tmp / "champion")
+        return evaluate(TextClassifier.load(folder), list(test.texts), _labels(test))
+
+
+def _log_step(run: Any, p: dict[str, Any]) -> None:
+    if p.get("stage") == "eval":
+        step = int(p.get("step", 0))
+        run.log_metrics({k: float(p[k]) for k in ("val_loss", "val_accuracy") if p.get(k) is not None}, step=step)
+
+
+def trainable_learners(model: str, declared: Sequence[tuple[str, str | None]]) -> list[str]:
+    """Learners whose feedback trains ``model``: those naming it as retrain_model, or named like it.
+
+    >>> trainable_learners("sea-text", [("sea", "sea-text"), ("other", None), ("sea-text", None)])
+    ['sea', 'sea-text']
+    """
+    return [name for name, retrain in declared if retrain == model or name == model]

@@ -1,0 +1,132 @@
+"""`learnloop worker trainer`: retrain requests in, jobs run one at a time, model updates out.
+
+Intake is a Faust agent on ``learnloop.retrain`` (a low-volume topic): each
+request is recorded in SQL, where a burst for one model coalesces into the
+queued job. The runner claims settled jobs, runs them in a thread (torch
+releases the GIL) with a heartbeat, and announces each registered version on
+``learnloop.model-updates``. On start it requeues (or fails, after too many
+attempts) jobs whose trainer died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+from learners.config import LearnersConfig
+from learners.finetune import TrainingCancelled
+from schemas import ModelUpdate, RetrainRequest
+from streams.producer import EventProducer
+from workers.store.datasets import DatasetInvalid
+from workers.store.jobs import JobStateError, JobStore
+from workers.store.models import TrainingJob
+from workers.trainer.config import TrainerConfig
+from workers.trainer.pipeline import TrainingPipeline, trainable_learners
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        pipeline: TrainingPipeline,
+        producer: EventProducer,
+        learners: LearnersConfig,
+        config: TrainerConfig,
+        worker_id: str | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.pipeline = pipeline
+        self.producer = producer
+        self.learners = learners
+        self.config = config
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._stopping = asyncio.Event()
+        self.completed: list[str] = []
+
+    # -- intake ------------------------------------------------------------------
+
+    def intake(self, req: RetrainRequest) -> TrainingJob:
+        declared = [(name, self.learners.learners[name].retrain_model) for name in self.learners.declared]
+        learners = trainable_learners(req.model, declared)
+        if req.learner and req.learner not in learners:
+            learners.append(req.learner)
+        job, created = self.jobs.request(req, learners=learners or [req.model])
+        log.info(
+            "%s retrain request %s for %s (%s) %s job %s",
+            "new" if created else "coalesced", req.request_id, req.model, req.reason,
+            "→" if created else "into", job.id,
+        )
+        return job
+
+    # -- runner ------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        last_recovery = -math.inf
+        while not self._stopping.is_set():
+            if time.monotonic() - last_recovery >= self.config.stale_after_s / 2:
+                await self.recover()
+                last_recovery = time.monotonic()
+            job = await asyncio.to_thread(self._claim)
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self.config.poll_s)
+                continue
+            await self.run_job(job)
+
+    async def recover(self) -> None:
+        """Requeue (or fail, after too many attempts) jobs whose trainer stopped heart-beating."""
+        recovered = await asyncio.to_thread(
+            self.jobs.recover_stale, stale_after_s=self.config.stale_after_s, max_attempts=self.config.max_attempts
+        )
+        for stale in recovered:
+            log.warning("job %s of %s was left running by a dead trainer: now %s", stale.id, stale.model, stale.status)
+
+    def _claim(self) -> TrainingJob | None:
+        return self.jobs.claim_next(self.worker_id, settle_s=self.config.settle_s)
+
+    async def run_job(self, job: TrainingJob) -> None:
+        log.info("job %s: training %s (attempt %d)", job.id, job.model, job.attempts)
+
+        def progress(p: dict[str, Any]) -> None:
+            self.jobs.heartbeat(job.id, {k: v for k, v in p.items() if k != "history"}, worker_id=self.worker_id)
+
+        try:
+            outcome = await asyncio.to_thread(
+                self.pipeline.run, job, progress=progress, should_stop=self._stopping.is_set
+            )
+        except DatasetInvalid as exc:
+            await asyncio.to_thread(self.jobs.fail, job.id, f"dataset invalid: {exc}", worker_id=self.worker_id)
+            log.error("job %s failed: dataset invalid: %s", job.id, exc)
+            return
+        except TrainingCancelled:
+            log.warning("job %s interrupted by shutdown; the next trainer picks it up again", job.id)
+            return
+        except JobStateError as exc:  # our heartbeat was refused: the job was recovered as stale
+            log.error("job %s is no longer ours (%s); dropping this run", job.id, exc)
+            return
+        except Exception as exc:  # a failed job must be recorded, whatever broke; the worker carries on
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("job %s failed: %s\n%s", job.id, reason, traceback.format_exc())
+            await asyncio.to_thread(self.jobs.fail, job.id, reason[:4000], worker_id=self.worker_id)
+            return
+        await self.announce(outcome.update)
+        await asyncio.to_thread(self.jobs.succeed, job.id, outcome.result, worker_id=self.worker_id)
+        self.completed.append(job.id)
+
+    async def announce(self, update: ModelUpdate) -> None:
+        await self.producer.send(update)
+        await self.producer.flush()
+        log.info("announced %s version %s as %s", update.model, update.version, update.alias)

@@ -1,0 +1,89 @@
+"""Wiring of `learnloop worker trainer` from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from learners.config import LearnersConfig, load_learners_file
+from schemas import DeadLetter, RetrainRequest, parse_event
+from schemas.errors import InvalidEvent
+from streams.admin import ensure_topics
+from streams.app import LoopService, create_app
+from streams.producer import EventProducer
+from streams.topics import Topics
+from workers.feedback_worker import run_faust
+from workers.settings import Settings
+from workers.store.config import database_url
+from workers.store.engine import engine_for
+from workers.store.feedback import FeedbackStore
+from workers.store.jobs import JobStore
+from workers.store.migrate import upgrade
+from workers.trainer.pipeline import TrainingPipeline
+from workers.trainer.service import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(settings: Settings, learners: LearnersConfig | None = None) -> Trainer:
+    from workers.training.registry import ModelRegistry  # imports MLflow: only where it is needed
+
+    learners = learners or load_learners_file(settings.learners_file)
+    upgrade(database_url(settings.database, settings.data_dir))  # schema managed by Alembic
+    engine = engine_for(settings.database, settings.data_dir)
+    registry = ModelRegistry(settings.mlflow, settings.data_dir)
+    pipeline = TrainingPipeline(
+        store=FeedbackStore(engine), registry=registry, finetune=settings.training,
+        config=settings.trainer, source=settings.source,
+    )
+    return Trainer(
+        jobs=JobStore(engine), pipeline=pipeline, producer=EventProducer(settings.kafka),
+        learners=learners, config=settings.trainer,
+    )
+
+
+class TrainerLoop:
+    """The runner as a loop the Faust worker hosts."""
+
+    def __init__(self, trainer: Trainer, settings: Settings) -> None:
+        self.trainer = trainer
+        self.settings = settings
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings.kafka, Topics(self.settings.kafka.topic_prefix).all())
+        await self.trainer.producer.start()
+
+    async def run(self) -> None:
+        await self.trainer.run()
+
+    def request_stop(self) -> None:
+        self.trainer.request_stop()
+
+    async def stop(self) -> None:
+        self.trainer.request_stop()
+        await self.trainer.producer.stop()
+
+
+def run_trainer_worker(settings: Settings) -> None:
+    trainer = build_trainer(settings)
+    app = create_app(settings.kafka, app_id="learnloop-trainer", data_dir=settings.data_dir / "faust")
+    topics: dict[str, Any] = app.contract_topics  # type: ignore[attr-defined]
+
+    @app.agent(topics["retrain"], name=f"{settings.kafka.topic_prefix}retrain-intake")  # type: ignore[untyped-decorator,unused-ignore]
+    async def intake(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                req = parse_event(event.value, RetrainRequest)
+            except InvalidEvent as exc:
+                dl = DeadLetter.from_record(
+                    topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+                    value=msg.value, error=exc, source=settings.source,
+                )
+                await topics["deadletter"].send(key=msg.key, value=dl.to_json())
+                continue
+            assert isinstance(req, RetrainRequest)
+            await asyncio.to_thread(trainer.intake, req)
+
+    run_faust(app, LoopService(TrainerLoop(trainer, settings)), loglevel=settings.log_level)
