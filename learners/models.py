@@ -112,17 +112,17 @@ def build_estimator(task: str, model: str, params: Mapping[str, Any], seed: int)
 
 
 def build_model(spec: LearnerSpec) -> compose.Pipeline:
-    """``FeaturePrep | StandardScaler | estimator`` for linear models, ``FeaturePrep | estimator`` else.
+    """``FeaturePrep | DenseScaler | estimator`` for linear models, ``FeaturePrep | estimator`` else.
 
     >>> from learners.config import LearnerSpec
     >>> list(build_model(LearnerSpec()).steps)
-    ['FeaturePrep', 'StandardScaler', 'LogisticRegression']
+    ['FeaturePrep', 'DenseScaler', 'LogisticRegression']
     >>> list(build_model(LearnerSpec(model="hoeffding_adaptive_tree")).steps)
     ['FeaturePrep', 'HoeffdingAdaptiveTreeClassifier']
     """
     estimator = build_estimator(spec.task, spec.model, spec.params, spec.seed)
     if spec.model in _SCALED:
-        return FeaturePrep() | preprocessing.StandardScaler() | estimator
+        return FeaturePrep() | DenseScaler() | estimator
     return compose.Pipeline(FeaturePrep(), estimator)
 
 
@@ -136,6 +136,47 @@ def with_text(features: Mapping[str, FeatureValue] | None, text: str | None) -> 
     if text is not None:
         merged[TEXT_FEATURE] = text
     return merged
+
+
+def is_sparse_key(key: object) -> bool:
+    """Keys FeaturePrep makes for words (``text:…``) and one-hot strings (``key=value``)."""
+    return isinstance(key, str) and (key.startswith("text:") or "=" in key)
+
+
+class DenseScaler(base.Transformer):
+    """River's ``StandardScaler`` on the numeric features only; word and one-hot features pass as they are.
+
+    A sparse indicator is only ever seen with its present value, so a standard scaler learns a
+    zero variance for it and maps it to 0: text would teach a linear model nothing. On numeric
+    input this is exactly ``StandardScaler`` (same calls, same order, same numbers).
+
+    >>> s = DenseScaler()
+    >>> for x in ({"age": 20.0, "text:hi": 1.0}, {"age": 40.0, "text:hi": 1.0}):
+    ...     s.learn_one(x)
+    >>> s.transform_one({"age": 40.0, "text:hi": 1.0})
+    {'text:hi': 1.0, 'age': 1.0}
+    """
+
+    def __init__(self) -> None:
+        self.scaler = preprocessing.StandardScaler()
+
+    @staticmethod
+    def _split(x: dict[Any, Any]) -> tuple[dict[Any, Any], dict[Any, Any]]:
+        dense: dict[Any, Any] = {}
+        sparse: dict[Any, Any] = {}
+        for k, v in x.items():
+            (sparse if is_sparse_key(k) else dense)[k] = v
+        return dense, sparse
+
+    def learn_one(self, x: dict[Any, Any]) -> None:
+        dense, _ = self._split(x)
+        self.scaler.learn_one(dense)
+
+    def transform_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
+        dense, sparse = self._split(x)
+        if not sparse:
+            return self.scaler.transform_one(dense)  # type: ignore[no-any-return]
+        return {**sparse, **self.scaler.transform_one(dense)}
 
 
 class FeaturePrep(base.Transformer):

@@ -387,7 +387,7 @@ class FeedbackProcessor:
             reason="drift",
             learner=learner.name,
             drift_event_id=drift.event_id,
-            window=DataWindow(end=ev.occurred_at),
+            window=DataWindow(),  # the trainer takes the newest samples when the job starts
         )
         return [drift, retrain]
 

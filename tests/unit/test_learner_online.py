@@ -165,3 +165,15 @@ def test_regression_learner_has_no_probabilities() -> None:
     assert (outcome.prediction, outcome.proba, outcome.error) == (0.0, None, 3.0)
     assert learner.predict_proba_one({"a": 2.0}) is None
     assert learner.last_drift is None
+
+
+def test_text_only_feedback_is_learned() -> None:
+    # Word features are sparse indicators: scaling them like dense numbers would zero them out.
+    good, bad = ["great", "helpful", "clear"], ["awful", "slow", "wrong"]
+    learner = OnlineLearner("answers", LearnerSpec())
+    for i in range(600):
+        positive = i % 2 == 0
+        word = (good if positive else bad)[i % 3]
+        learner.learn_one({"__text__": f"ticket {i}: the answer was {word}"}, Target(y=positive, weight=1.0))
+    assert learner.metrics["rolling_accuracy"] > 0.95
+    assert learner.predict_one({"__text__": "so helpful"}) is True
