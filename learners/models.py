@@ -170,13 +170,13 @@ class DenseScaler(base.Transformer):
 
     def learn_one(self, x: dict[Any, Any]) -> None:
         dense, _ = self._split(x)
-        self.scaler.learn_one(dense)
+        self.scaler.learn_one(dense)  # type: ignore[no-untyped-call]
 
     def transform_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
         dense, sparse = self._split(x)
         if not sparse:
-            return self.scaler.transform_one(dense)  # type: ignore[no-any-return]
-        return {**sparse, **self.scaler.transform_one(dense)}
+            return self.scaler.transform_one(dense)  # type: ignore[no-any-return,no-untyped-call]
+        return {**sparse, **self.scaler.transform_one(dense)}  # type: ignore[no-untyped-call]
 
 
 class FeaturePrep(base.Transformer):
