@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,18 +20,24 @@ from workers.embedded import EmbeddedBroker, EmbeddedRedis
 from workers.settings import DEV_ENV_FILE, Settings
 
 
+def default_workers() -> tuple[str, ...]:
+    """Every worker whose dependencies are installed (the trainer needs the ``train`` extra)."""
+    trainer = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "peft", "mlflow"))
+    return ("feedback", "conversations", "trainer") if trainer else ("feedback", "conversations")
+
+
 class EmbeddedStack:
     def __init__(
         self,
         settings: Settings,
         *,
-        workers: tuple[str, ...] = ("feedback", "conversations"),
+        workers: tuple[str, ...] | None = None,
         learners_file: Path | None = None,
         log_dir: Path | None = None,
         quiet_workers: bool = False,
     ) -> None:
         self.settings = settings
-        self.workers = workers
+        self.workers = workers if workers is not None else default_workers()
         self.learners_file = learners_file
         self.log_dir = log_dir or settings.data_dir / "logs"
         self.quiet_workers = quiet_workers

@@ -46,7 +46,9 @@ def demo(
     if switch_at and switch_at >= events:
         raise typer.BadParameter(f"must be below --events ({events})", param_hint="--switch-at")
     s = settings()
-    stack = EmbeddedStack(s, learners_file=demo_learners_file(), quiet_workers=True)
+    stack = EmbeddedStack(
+        s, workers=("feedback", "conversations"), learners_file=demo_learners_file(), quiet_workers=True
+    )
     with stack:
         typer.echo(f"embedded stack up: broker {stack.bootstrap_servers}, redis {stack.redis_url}")
         demo_settings = load_settings(
