@@ -138,9 +138,18 @@ def with_text(features: Mapping[str, FeatureValue] | None, text: str | None) -> 
     return merged
 
 
+class SparseKey(str):
+    """A feature name FeaturePrep made for a word (``text:…``) or a one-hot string (``key=value``).
+
+    Equal to (and hashed like) the plain string, so model weights are keyed the same; only its
+    type tells the scaler, in one cheap check, that the feature is a sparse indicator.
+    """
+
+    __slots__ = ()
+
+
 def is_sparse_key(key: object) -> bool:
-    """Keys FeaturePrep makes for words (``text:…``) and one-hot strings (``key=value``)."""
-    return isinstance(key, str) and (key.startswith("text:") or "=" in key)
+    return type(key) is SparseKey
 
 
 class DenseScaler(base.Transformer):
@@ -150,10 +159,10 @@ class DenseScaler(base.Transformer):
     zero variance for it and maps it to 0: text would teach a linear model nothing. On numeric
     input this is exactly ``StandardScaler`` (same calls, same order, same numbers).
 
-    >>> s = DenseScaler()
-    >>> for x in ({"age": 20.0, "text:hi": 1.0}, {"age": 40.0, "text:hi": 1.0}):
+    >>> s, hi = DenseScaler(), SparseKey("text:hi")
+    >>> for x in ({"age": 20.0, hi: 1.0}, {"age": 40.0, hi: 1.0}):
     ...     s.learn_one(x)
-    >>> s.transform_one({"age": 40.0, "text:hi": 1.0})
+    >>> s.transform_one({"age": 40.0, hi: 1.0})
     {'text:hi': 1.0, 'age': 1.0}
     """
 
@@ -161,21 +170,18 @@ class DenseScaler(base.Transformer):
         self.scaler = preprocessing.StandardScaler()
 
     @staticmethod
-    def _split(x: dict[Any, Any]) -> tuple[dict[Any, Any], dict[Any, Any]]:
-        dense: dict[Any, Any] = {}
-        sparse: dict[Any, Any] = {}
-        for k, v in x.items():
-            (sparse if is_sparse_key(k) else dense)[k] = v
-        return dense, sparse
+    def _dense(x: dict[Any, Any]) -> dict[Any, Any]:
+        return {k: v for k, v in x.items() if type(k) is not SparseKey}
 
     def learn_one(self, x: dict[Any, Any]) -> None:
-        dense, _ = self._split(x)
-        self.scaler.learn_one(dense)  # type: ignore[no-untyped-call]
+        dense = self._dense(x)
+        self.scaler.learn_one(dense if len(dense) < len(x) else x)  # type: ignore[no-untyped-call]
 
     def transform_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
-        dense, sparse = self._split(x)
-        if not sparse:
-            return self.scaler.transform_one(dense)  # type: ignore[no-any-return,no-untyped-call]
+        dense = self._dense(x)
+        if len(dense) == len(x):
+            return self.scaler.transform_one(x)  # type: ignore[no-any-return,no-untyped-call]
+        sparse = {k: v for k, v in x.items() if type(k) is SparseKey}
         return {**sparse, **self.scaler.transform_one(dense)}  # type: ignore[no-untyped-call]
 
 
@@ -214,7 +220,7 @@ class FeaturePrep(base.Transformer):
                 if key == self.text_key:
                     text = value
                 else:
-                    out[f"{key}={value}"] = 1.0
+                    out[SparseKey(f"{key}={value}")] = 1.0
             elif value is None:
                 continue
             elif isinstance(value, numbers.Real):  # numpy scalars and other float/int subclasses
@@ -230,6 +236,6 @@ class FeaturePrep(base.Transformer):
         if text is not None:
             assert isinstance(text, str)
             for match in islice(_TOKEN.finditer(text.lower()), self.max_tokens):
-                token = f"text:{match.group()}"
+                token = SparseKey(f"text:{match.group()}")
                 out[token] = out.get(token, 0.0) + 1.0
         return out

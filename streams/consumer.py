@@ -26,6 +26,7 @@ from learners.snapshot import dump_snapshot, load_snapshot
 from schemas import Envelope
 from schemas.errors import StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
+from streams.dedup import DedupCache
 from streams.feedback import BatchResult, FeedbackProcessor, LearnedSample, PartitionState
 from streams.ports import PartitionStateStore, SampleSink
 from streams.producer import route
@@ -74,10 +75,12 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.kafka = kafka
         self.config = config
         self.processor = processor
-        self.store = store
+        self.store = DedupCache(store, window=config.dedup_window)
+        processor.store = self.store  # the processor's dedup lookups go through the local window
         self.snapshot_key = snapshot_key
         self.topics = topics or Topics(kafka.topic_prefix)
         self.samples = samples
+        processor.collect_samples = samples is not None
         self._pending_samples: list[LearnedSample] = []
         self.states: dict[TopicPartition, PartitionState] = {}
         self.stats = ConsumerStats()
@@ -109,6 +112,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=self.kafka.session_timeout_ms,
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             **self.kafka.client_kwargs(),
         )
         await self._consumer.start()
@@ -148,6 +152,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._commit_partition(tp)
             for tp in mine:
                 del self.states[tp]
+                self.store.forget(tp.topic, tp.partition)
             await self._commit_predictions()
             for tp in revoked:
                 self._prediction_positions.pop(tp, None)
@@ -175,6 +180,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.consumer.seek_to_end(tp)
 
     async def _restore(self, tp: TopicPartition) -> PartitionState:
+        await self.store.warm(tp.topic, tp.partition)
         blob = await self.store.load(tp.topic, tp.partition)
         if blob is None:
             return PartitionState(tp.topic, tp.partition)

@@ -167,10 +167,11 @@ class FeedbackProcessor:
         self.orphan_wait_s = orphan_wait_s
         self.orphan_max = orphan_max
         self.clock = clock
+        self.collect_samples = True  # the consumer turns this off when nothing stores samples
 
     # -- dead letters --------------------------------------------------------
 
-    def dead_letter(self, rec: RawRecord, error: BaseException, reason: str | None = None) -> DeadLetter:
+    def dead_letter(self, rec: RecordLike, error: BaseException, reason: str | None = None) -> DeadLetter:
         dl = DeadLetter.from_record(
             topic=rec.topic,
             partition=rec.partition,
@@ -207,30 +208,29 @@ class FeedbackProcessor:
     async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
         """Process records of one partition, in offset order, updating ``state`` in place."""
         result = BatchResult()
-        decoded: list[tuple[RawRecord, FeedbackEvent]] = []
+        decoded: list[tuple[RecordLike, FeedbackEvent]] = []
         for r in records:
             if r.offset <= state.offset:
                 continue  # already covered by the snapshot (a re-fetch after seek)
-            raw = RawRecord.of(r)
             state.offset = r.offset
             state.counters["in"] += 1
             try:
-                ev = parse_event(raw.value or b"", FeedbackEvent)
+                ev = parse_event(r.value or b"", FeedbackEvent)
             except InvalidEvent as exc:
-                result.add_deadletter(self.dead_letter(raw, exc))
+                result.add_deadletter(self.dead_letter(r, exc))
                 continue
             assert isinstance(ev, FeedbackEvent)
-            decoded.append((raw, ev))
+            decoded.append((r, ev))
 
         fresh = await self._drop_duplicates(state, decoded, result)
 
-        ready: list[tuple[RawRecord, FeedbackEvent]] = []
-        waiting: list[tuple[RawRecord, FeedbackEvent]] = []
+        ready: list[tuple[RecordLike, FeedbackEvent]] = []
+        waiting: list[tuple[RecordLike, FeedbackEvent]] = []
         for raw, ev in fresh:
             (waiting if ev.needs_join else ready).append((raw, ev))
         if waiting:
             now = self.clock()
-            state.pending.extend(PendingFeedback(ev, raw, now + self.orphan_wait_s) for raw, ev in waiting)
+            state.pending.extend(PendingFeedback(ev, RawRecord.of(r), now + self.orphan_wait_s) for r, ev in waiting)
         # Joined feedback is learned in the order its prediction became available.
         ready = (await self._release_joined(state, result)) + ready if state.pending else ready
 
@@ -253,9 +253,9 @@ class FeedbackProcessor:
     async def _drop_duplicates(
         self,
         state: PartitionState,
-        decoded: list[tuple[RawRecord, FeedbackEvent]],
+        decoded: list[tuple[RecordLike, FeedbackEvent]],
         result: BatchResult,
-    ) -> list[tuple[RawRecord, FeedbackEvent]]:
+    ) -> list[tuple[RecordLike, FeedbackEvent]]:
         if not decoded:
             return []
         recent = set(state.uncommitted_ids)
@@ -274,10 +274,10 @@ class FeedbackProcessor:
 
     async def _release_joined(
         self, state: PartitionState, result: BatchResult
-    ) -> list[tuple[RawRecord, FeedbackEvent]]:
+    ) -> list[tuple[RecordLike, FeedbackEvent]]:
         ids = [p.event.prediction_id or "" for p in state.pending]
         found = await self.joins.get_predictions(ids)
-        released: list[tuple[RawRecord, FeedbackEvent]] = []
+        released: list[tuple[RecordLike, FeedbackEvent]] = []
         still: list[PendingFeedback] = []
         for p, blob in zip(state.pending, found, strict=True):
             if blob is None:
@@ -328,7 +328,7 @@ class FeedbackProcessor:
             slot = state.slots[name] = LearnerSlot(OnlineLearner(name, spec))
         return slot
 
-    def _learn(self, state: PartitionState, raw: RawRecord, ev: FeedbackEvent, result: BatchResult) -> None:
+    def _learn(self, state: PartitionState, raw: RecordLike, ev: FeedbackEvent, result: BatchResult) -> None:
         try:
             slot = self._slot(state, ev.learner)
             spec = slot.learner.spec
@@ -351,13 +351,15 @@ class FeedbackProcessor:
         slot.last_event_at = ev.occurred_at
         slot.learned_at = self.clock()
         result.learned += 1
-        result.samples.append(
-            LearnedSample(
-                event_id=str(ev.event_id), learner=ev.learner, subject_id=ev.subject_id, text=ev.text,
-                features=dict(ev.features) if ev.features else None, label=target.y, weight=target.weight,
-                channel=ev.channel, source=ev.source, occurred_at=ev.occurred_at,
+        # Only a learner with a heavy model to rebuild needs its samples kept for fine-tuning.
+        if self.collect_samples and spec.retrain_model:
+            result.samples.append(
+                LearnedSample(
+                    event_id=str(ev.event_id), learner=ev.learner, subject_id=ev.subject_id, text=ev.text,
+                    features=dict(ev.features) if ev.features else None, label=target.y, weight=target.weight,
+                    channel=ev.channel, source=ev.source, occurred_at=ev.occurred_at,
+                )
             )
-        )
         if outcome.drift is not None:
             result.drifts += 1
             result.outputs.extend(self._drift_events(slot.learner, ev, outcome.drift))

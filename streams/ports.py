@@ -32,6 +32,10 @@ class PartitionStateStore(Protocol):
 
     async def seen(self, topic: str, partition: int, event_ids: Sequence[str]) -> list[bool]: ...
 
+    async def recent_ids(self, topic: str, partition: int) -> list[str]:
+        """The partition's dedup window, oldest first."""
+        ...
+
     async def commit(
         self,
         topic: str,

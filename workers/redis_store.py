@@ -77,6 +77,11 @@ class RedisStore:
             scores = await self.r.zmscore(self._k("dedup", topic, partition), list(event_ids))
         return [s is not None for s in scores]
 
+    async def recent_ids(self, topic: str, partition: int) -> list[str]:
+        async with _reachable("dedup window load"):
+            ids = await self.r.zrange(self._k("dedup", topic, partition), 0, -1)
+        return [_as_bytes(i).decode() for i in ids]  # type: ignore[arg-type]
+
     async def commit(
         self,
         topic: str,

@@ -25,11 +25,11 @@ __all__ = ["FeedbackStore", "Sample", "SampleIn"]
 BATCH_ROWS = 500  # rows per INSERT: 11 parameters each stays far below every engine's limit
 
 
-def _insert_ignoring_duplicates(dialect: str, rows: list[dict[str, Any]]) -> Insert:
+def _insert_ignoring_duplicates(dialect: str) -> Insert:
     if dialect == "postgresql":
-        return postgresql.insert(FeedbackSample).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+        return postgresql.insert(FeedbackSample).on_conflict_do_nothing(index_elements=["event_id"])
     if dialect == "sqlite":
-        return sqlite.insert(FeedbackSample).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+        return sqlite.insert(FeedbackSample).on_conflict_do_nothing(index_elements=["event_id"])
     raise NotImplementedError(f"the feedback store supports sqlite and postgresql, not {dialect}")
 
 
@@ -90,11 +90,13 @@ class FeedbackStore:
         stored_at = self.clock()
         added = 0
         with self._connection("feedback write", write=True) as conn:
+            # One cached statement with a parameter list: SQLAlchemy batches it ("insertmanyvalues")
+            # without compiling a fresh 5,000-parameter VALUES clause per chunk. RETURNING, not
+            # rowcount: drivers disagree on rowcount for batched inserts.
+            stmt = _insert_ignoring_duplicates(conn.dialect.name).returning(FeedbackSample.event_id)
             for i in range(0, len(unique), BATCH_ROWS):
                 rows = [_row(s, stored_at) for s in unique[i : i + BATCH_ROWS]]
-                # RETURNING, not rowcount: drivers disagree on rowcount for multi-row VALUES.
-                stmt = _insert_ignoring_duplicates(conn.dialect.name, rows).returning(FeedbackSample.event_id)
-                added += len(conn.execute(stmt).all())
+                added += len(conn.execute(stmt, rows).all())
         return added
 
     def count(self, learners: Sequence[str] | None = None) -> int:
