@@ -11,6 +11,7 @@ and tries again — nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from streams.producer import route
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
+_PAUSE = (BackPressureError, StoreUnavailable, KafkaError, OSError)  # the loop pauses, rewinds and retries
 
 
 class Extractor(Protocol):
@@ -59,6 +61,14 @@ class ConversationStats:
     per_event: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Prepared:
+    """One batch decoded and extracted, not yet written: dead letters so far, and the fresh extractions."""
+
+    outputs: list[Envelope]
+    extractions: list[Extraction]
+
+
 class ConversationProcessor:
     """Decode, extract, write one batch; returns the events to publish. Plain code, no Kafka."""
 
@@ -76,6 +86,10 @@ class ConversationProcessor:
 
     def process(self, records: Sequence[Any], stats: ConversationStats) -> list[Envelope]:
         """Blocking (spaCy and the graph client are synchronous): run it in a thread."""
+        return self.finish(self.prepare(records, stats), stats)
+
+    def prepare(self, records: Sequence[Any], stats: ConversationStats) -> Prepared:
+        """Decode, drop what the graph already holds, extract: no graph write, so it may overlap the previous one."""
         outputs: list[Envelope] = []
         events: list[ConversationEvent] = []
         for r in records:
@@ -94,16 +108,25 @@ class ConversationProcessor:
         fresh = [e for e in unique if str(e.event_id) not in known]
         stats.redelivered += len(events) - len(fresh)
         if not fresh:
-            return outputs
+            return Prepared(outputs, [])
         t0 = time.perf_counter()
         extractions = self.extractor.extract(fresh)
+        stats.extract_s += time.perf_counter() - t0
+        return Prepared(outputs, extractions)
+
+    def finish(self, prepared: Prepared, stats: ConversationStats) -> list[Envelope]:
+        """Write the extractions in one transaction; the dead letters and KnowledgeUpdates to publish."""
+        outputs = list(prepared.outputs)
+        if not prepared.extractions:
+            return outputs
         t1 = time.perf_counter()
-        batch = self._write(extractions)  # BackPressureError propagates: the caller pauses
+        # BackPressureError propagates: the caller pauses. Only what this write added counts: a prepared
+        # batch may overlap one written after its known_events lookup (a redelivery, pipelined).
+        batch, extractions = self._write(prepared.extractions)
         validated = self.graph.validated([(r.subject, r.predicate, r.object) for r in batch.relations])
-        t2 = time.perf_counter()
-        stats.extract_s += t1 - t0
-        stats.write_s += t2 - t1
-        stats.written += len(fresh)
+        stats.write_s += time.perf_counter() - t1
+        stats.written += len(extractions)
+        stats.redelivered += len(prepared.extractions) - len(extractions)
         for ex in extractions:
             stats.entities += len(ex.entities)
             stats.relations += len(ex.relations)
@@ -125,12 +148,13 @@ class ConversationProcessor:
             )
         return outputs
 
-    def _write(self, extractions: list[Extraction], attempts: int = 3) -> GraphBatch:
+    def _write(self, extractions: list[Extraction], attempts: int = 3) -> tuple[GraphBatch, list[Extraction]]:
+        """The folded batch written and the extractions it holds (none if the graph had them all)."""
         for _ in range(attempts):
             batch = GraphBatch.fold(extractions)
             try:
-                self.graph.write(batch)
-                return batch
+                written = set(self.graph.write(batch))
+                return batch, [ex for ex in extractions if ex.event_id in written]
             except DuplicateEvents:  # a concurrent writer got some of them first
                 known = self.graph.known_events([ex.event_id for ex in extractions])
                 extractions = [ex for ex in extractions if ex.event_id not in known]
@@ -195,27 +219,48 @@ class ConversationConsumer:
             self._producer = None
 
     async def run(self) -> None:
+        """Pipelined: batch k+1 is decoded and extracted while batch k is written, published and committed.
+
+        Offsets are still committed in order and only after their batch is in the graph; a failed
+        write discards the prepared batch too and rewinds every assigned partition.
+        """
         assert self._consumer is not None and self._producer is not None, "start() first"
         delay = 0.5
-        while not self._stopping.is_set():
-            batch = await self._consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.batch_max_records)
-            if not batch:
-                continue
-            try:
-                await asyncio.shield(asyncio.ensure_future(self._step(batch)))
-                delay = 0.5
-            except (BackPressureError, StoreUnavailable, KafkaError, OSError) as exc:
-                self.stats.pauses += 1
-                log.error("knowledge graph write failed (%s); pausing %.1fs, then retrying the batch", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                await self._rewind(list(batch))
+        pending: asyncio.Future[None] | None = None  # the previous batch: write, publish, commit
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(timeout_ms=self.batch_timeout_ms,
+                                                     max_records=self.batch_max_records)
+                try:
+                    prepared = None
+                    if batch:
+                        records = [r for recs in batch.values() for r in recs]
+                        prepared = await asyncio.to_thread(self.processor.prepare, records, self.stats)
+                    if pending is not None:
+                        p, pending = pending, None
+                        await asyncio.shield(p)
+                    if batch and prepared is not None:
+                        pending = asyncio.ensure_future(self._finish(batch, prepared))
+                    delay = 0.5
+                except _PAUSE as exc:
+                    if pending is not None:  # its outcome no longer matters: everything uncommitted is re-read
+                        p, pending = pending, None
+                        with contextlib.suppress(*_PAUSE):
+                            await p
+                    self.stats.pauses += 1
+                    log.error("knowledge graph write failed (%s); pausing %.1fs, then retrying the batch", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    await self._rewind(list(self._consumer.assignment()))
+        finally:
+            if pending is not None:  # stopping: let the last batch reach the graph and commit
+                with contextlib.suppress(*_PAUSE):
+                    await asyncio.shield(pending)
 
-    async def _step(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def _finish(self, batch: dict[TopicPartition, list[Any]], prepared: Prepared) -> None:
         assert self._consumer is not None and self._producer is not None
         t0 = time.perf_counter()
-        records = [r for recs in batch.values() for r in recs]
-        outputs = await asyncio.to_thread(self.processor.process, records, self.stats)
+        outputs = await asyncio.to_thread(self.processor.finish, prepared, self.stats)
         futures = []
         for e in outputs:
             topic, key = route(e, self.topics)
