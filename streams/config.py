@@ -63,6 +63,7 @@ class FeedbackConfig(BaseModel):
     # How long the broker may hold a fetch for an idle partition; aiokafka's 500 ms default
     # adds that much latency whenever some assigned partitions are empty.
     fetch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
+    max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # A snapshot (learner state + the offsets it covers + accepted event ids)
     # is written atomically at most this often; a crash replays from the last one.
     snapshot_every_events: int = Field(default=20_000, ge=1)

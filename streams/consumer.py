@@ -28,6 +28,7 @@ from schemas.errors import StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
 from streams.dedup import DedupCache
 from streams.feedback import BatchResult, FeedbackProcessor, LearnedSample, PartitionState
+from streams.metrics import LearnedTally, Metrics, default_metrics
 from streams.ports import PartitionStateStore, SampleSink
 from streams.producer import route
 from streams.topics import Topics
@@ -71,6 +72,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         snapshot_key: bytes,
         topics: Topics | None = None,
         samples: SampleSink | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.kafka = kafka
         self.config = config
@@ -84,6 +86,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._pending_samples: list[LearnedSample] = []
         self.states: dict[TopicPartition, PartitionState] = {}
         self.stats = ConsumerStats()
+        self.metrics = metrics or default_metrics()
+        self._learned = LearnedTally(self.metrics.events_learned)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -111,7 +115,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             auto_offset_reset=self.config.auto_offset_reset,
             session_timeout_ms=self.kafka.session_timeout_ms,
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=self.config.max_partition_fetch_bytes,
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             **self.kafka.client_kwargs(),
         )
@@ -153,6 +157,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp in mine:
                 del self.states[tp]
                 self.store.forget(tp.topic, tp.partition)
+                self._learned.forget(tp.topic, tp.partition)
+                self.metrics.forget_partition(tp.topic, tp.partition)
             await self._commit_predictions()
             for tp in revoked:
                 self._prediction_positions.pop(tp, None)
@@ -183,10 +189,13 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.store.warm(tp.topic, tp.partition)
         blob = await self.store.load(tp.topic, tp.partition)
         if blob is None:
+            self._learned.forget(tp.topic, tp.partition)
             return PartitionState(tp.topic, tp.partition)
         state, meta = load_snapshot(blob, key=self.snapshot_key)  # SnapshotError stops the worker
         if not isinstance(state, PartitionState):
             raise TypeError(f"snapshot for {tp} holds {type(state).__name__}, not PartitionState")
+        self._learned.restored(tp.topic, tp.partition, state.slots)
+        self.metrics.snapshot_restored(tp.topic, tp.partition, meta.created_at)
         log.info(
             "restored %s:%d at offset %d (%d learners, %d events learned)",
             tp.topic, tp.partition, state.next_offset, len(state.slots), meta.n_seen,
@@ -228,6 +237,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._dirty = True
                 raise
             self.stats.last_batch_s = time.perf_counter() - t0
+            if batch:
+                self.metrics.batch_seconds.labels("feedback").observe(self.stats.last_batch_s)
 
     async def _rewind(self) -> None:
         """Drop in-memory progress and resume every owned partition from its stored snapshot."""
@@ -258,9 +269,11 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             if tp.topic == self.topics.predictions and records:
                 r = await self.processor.store_predictions(records)
                 self.stats.add(r)
+                self.metrics.record_batch(tp.topic, len(records), r)
                 outputs.extend(r.outputs)
                 self._prediction_positions[tp] = records[-1].offset + 1
                 self.stats.records += len(records)
+        learning, t0 = 0, time.perf_counter()
         for tp, records in batch.items():
             if tp.topic != self.topics.feedback or not records:
                 continue
@@ -270,15 +283,21 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             r = await self.processor.process(state, records)
             self._pending_samples.extend(r.samples)
             self.stats.add(r)
+            self.metrics.record_batch(tp.topic, len(records), r)
             outputs.extend(r.outputs)
             self.stats.records += len(records)
             self._since_snapshot += len(records)
-        for state in self.states.values():
+            learning += len(records)
+        if learning:
+            self.metrics.learn_seconds.observe((time.perf_counter() - t0) / learning)
+        for tp, state in self.states.items():
             if state.pending:
                 r = await self.processor.poll_pending(state)
                 self._pending_samples.extend(r.samples)
                 self.stats.add(r)
+                self.metrics.record_batch(tp.topic, 0, r)
                 outputs.extend(r.outputs)
+            self._learned.update(tp.topic, tp.partition, state.slots)
         if batch:
             self.stats.batches += 1
         await self._send(outputs)
@@ -321,6 +340,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         ids, state.uncommitted_ids = state.uncommitted_ids, []
         try:
             n_seen = sum(s.learner.n_seen for s in state.slots.values())
+            statuses = state.statuses()
             blob = dump_snapshot(
                 state,
                 key=self.snapshot_key,
@@ -334,12 +354,13 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 snapshot=blob,
                 offset=state.next_offset,
                 event_ids=ids,
-                statuses=state.statuses(),
+                statuses=statuses,
             )
         except BaseException:
             state.uncommitted_ids = ids + state.uncommitted_ids
             raise
         self.stats.snapshots += 1
+        self.metrics.snapshot_written(tp.topic, tp.partition, statuses)
         await self._kafka_commit({tp: state.next_offset})
 
     async def _commit_predictions(self) -> None:
