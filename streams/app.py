@@ -19,6 +19,7 @@ from mode import Service
 from schemas import DeadLetter, DriftEvent, parse_event
 from schemas.errors import InvalidEvent
 from streams.config import KafkaConfig
+from streams.metrics import Metrics, default_metrics
 from streams.topics import TOPIC_SUFFIXES, Topics
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,20 @@ class LoopService(Service):
 
 
 def add_drift_agent(
-    app: faust.App, kafka: KafkaConfig, on_drift: Callable[[DriftEvent], Awaitable[None]]
+    app: faust.App,
+    kafka: KafkaConfig,
+    on_drift: Callable[[DriftEvent], Awaitable[None]],
+    metrics: Metrics | None = None,
 ) -> None:
     """Follow ``learnloop.drift``: each alarm is logged and handed to ``on_drift`` (e.g. the history)."""
     topics = app.contract_topics  # type: ignore[attr-defined]
+    m = metrics or default_metrics()
 
     @app.agent(topics["drift"], name=f"{kafka.topic_prefix}drift-log")
     async def drift_log(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            m.events_in.labels(msg.topic).inc()
             try:
                 ev = parse_event(event.value, DriftEvent)
             except InvalidEvent as exc:
@@ -108,6 +114,7 @@ def add_drift_agent(
                     value=msg.value, error=exc, source=f"{kafka.client_id}-drift-log",
                 )
                 await topics["deadletter"].send(key=msg.key, value=dl.to_json())
+                m.deadlettered.labels(msg.topic, dl.reason).inc()
                 continue
             assert isinstance(ev, DriftEvent)
             await on_drift(ev)

@@ -26,6 +26,7 @@ from schemas import ConversationEvent, DeadLetter, EntityRef, Envelope, Knowledg
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, InvalidEvent, StoreUnavailable
 from streams.config import KafkaConfig
 from streams.feedback import RawRecord, derived_id
+from streams.metrics import Metrics, default_metrics
 from streams.producer import route
 from streams.topics import Topics
 
@@ -67,15 +68,19 @@ class Prepared:
 
     outputs: list[Envelope]
     extractions: list[Extraction]
+    topic: str = ""  # where the records came from, for the metrics
 
 
 class ConversationProcessor:
     """Decode, extract, write one batch; returns the events to publish. Plain code, no Kafka."""
 
-    def __init__(self, *, extractor: Extractor, graph: KnowledgeGraph, source: str) -> None:
+    def __init__(
+        self, *, extractor: Extractor, graph: KnowledgeGraph, source: str, metrics: Metrics | None = None
+    ) -> None:
         self.extractor = extractor
         self.graph = graph
         self.source = source
+        self.metrics = metrics or default_metrics()
 
     def dead_letter(self, raw: RawRecord, exc: BaseException) -> DeadLetter:
         dl = DeadLetter.from_record(
@@ -97,22 +102,27 @@ class ConversationProcessor:
             try:
                 ev = parse_event(raw.value or b"", ConversationEvent)
             except InvalidEvent as exc:
-                outputs.append(self.dead_letter(raw, exc))
+                dl = self.dead_letter(raw, exc)
+                outputs.append(dl)
                 stats.deadlettered += 1
+                self.metrics.deadlettered.labels(raw.topic, dl.reason).inc()
                 continue
             assert isinstance(ev, ConversationEvent)
             events.append(ev)
         stats.events += len(events)
+        topic = records[0].topic if records else ""
         unique = list({str(e.event_id): e for e in events}.values())  # one poll may hold a resend
         known = self.graph.known_events([str(e.event_id) for e in unique]) if unique else set()
         fresh = [e for e in unique if str(e.event_id) not in known]
         stats.redelivered += len(events) - len(fresh)
+        if len(events) > len(fresh):
+            self.metrics.duplicates.labels(topic).inc(len(events) - len(fresh))
         if not fresh:
-            return Prepared(outputs, [])
+            return Prepared(outputs, [], topic)
         t0 = time.perf_counter()
         extractions = self.extractor.extract(fresh)
         stats.extract_s += time.perf_counter() - t0
-        return Prepared(outputs, extractions)
+        return Prepared(outputs, extractions, topic)
 
     def finish(self, prepared: Prepared, stats: ConversationStats) -> list[Envelope]:
         """Write the extractions in one transaction; the dead letters and KnowledgeUpdates to publish."""
@@ -122,11 +132,17 @@ class ConversationProcessor:
         t1 = time.perf_counter()
         # BackPressureError propagates: the caller pauses. Only what this write added counts: a prepared
         # batch may overlap one written after its known_events lookup (a redelivery, pipelined).
-        batch, extractions = self._write(prepared.extractions)
+        try:
+            batch, extractions = self._write(prepared.extractions)
+        except Exception:
+            self.metrics.graph_write_failures.inc()
+            raise
+        self.metrics.graph_write_seconds.observe(time.perf_counter() - t1)
         validated = self.graph.validated([(r.subject, r.predicate, r.object) for r in batch.relations])
         stats.write_s += time.perf_counter() - t1
         stats.written += len(extractions)
         stats.redelivered += len(prepared.extractions) - len(extractions)
+        self._count_written(prepared, extractions)
         for ex in extractions:
             stats.entities += len(ex.entities)
             stats.relations += len(ex.relations)
@@ -147,6 +163,14 @@ class ConversationProcessor:
                 )
             )
         return outputs
+
+    def _count_written(self, prepared: Prepared, written: list[Extraction]) -> None:
+        m = self.metrics
+        m.conversation_turns.inc(len(written))
+        m.graph_entities.inc(sum(len(ex.entities) for ex in written))
+        m.graph_relations.inc(sum(len(ex.relations) for ex in written))
+        if len(prepared.extractions) > len(written):
+            m.duplicates.labels(prepared.topic).inc(len(prepared.extractions) - len(written))
 
     def _write(self, extractions: list[Extraction], attempts: int = 3) -> tuple[GraphBatch, list[Extraction]]:
         """The folded batch written and the extractions it holds (none if the graph had them all)."""
@@ -182,6 +206,7 @@ class ConversationConsumer:
         self.batch_timeout_ms = batch_timeout_ms
         self.topics = topics or Topics(kafka.topic_prefix)
         self.stats = ConversationStats()
+        self.metrics = processor.metrics
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
@@ -235,6 +260,8 @@ class ConversationConsumer:
                     prepared = None
                     if batch:
                         records = [r for recs in batch.values() for r in recs]
+                        for tp, recs in batch.items():
+                            self.metrics.events_in.labels(tp.topic).inc(len(recs))
                         prepared = await asyncio.to_thread(self.processor.prepare, records, self.stats)
                     if pending is not None:
                         p, pending = pending, None
@@ -269,6 +296,7 @@ class ConversationConsumer:
         await self._consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
         self.stats.batches += 1
         self.stats.last_batch_s = time.perf_counter() - t0
+        self.metrics.batch_seconds.labels("conversations").observe(self.stats.last_batch_s)
 
     async def _rewind(self, tps: list[TopicPartition]) -> None:
         """Seek back to the committed offsets so the failed batch is read again."""

@@ -8,6 +8,7 @@ from learners.knowledge.extraction import KnowledgeExtractor
 from streams.admin import ensure_topics
 from streams.app import LoopService, create_app
 from streams.conversations import ConversationConsumer, ConversationProcessor
+from streams.metrics import serve_metrics
 from streams.topics import Topics
 from workers.feedback_worker import run_faust
 from workers.graph_factory import open_graph
@@ -42,4 +43,5 @@ def run_conversation_worker(settings: Settings) -> None:
         async def on_shutdown(self) -> None:
             graph.close()  # type: ignore[attr-defined]
 
+    serve_metrics(settings.metrics.host, settings.metrics.port_for("conversations"))
     run_faust(app, Prepare(consumer), loglevel=settings.log_level)

@@ -14,6 +14,7 @@ from streams.admin import ensure_topics
 from streams.app import LoopService, add_drift_agent, create_app
 from streams.consumer import FeedbackConsumer
 from streams.feedback import FeedbackProcessor
+from streams.metrics import serve_metrics
 from streams.topics import Topics
 from workers.redis_store import RedisStore
 from workers.settings import DEV_SNAPSHOT_KEY, Settings
@@ -85,6 +86,7 @@ def run_feedback_worker(settings: Settings, *, learners: LearnersConfig | None =
             await worker.prepare()
 
     service = Prepare(worker.consumer)
+    serve_metrics(settings.metrics.host, settings.metrics.port_for("feedback"))
     run_faust(app, service, loglevel=settings.log_level)
 
 

@@ -23,6 +23,7 @@ from workers.trainer.config import MlflowConfig, TrainerConfig
 
 DEV_SNAPSHOT_KEY = "learnloop-dev-only-snapshot-key"
 DEV_ENV_FILE = ".learnloop/dev.env"
+METRICS_PORTS = {"feedback": 9101, "conversations": 9102, "trainer": 9103}  # each worker's default
 
 
 class RedisConfig(BaseModel):
@@ -89,6 +90,25 @@ class ConversationsConfig(BaseModel):
     batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)
 
 
+class MetricsConfig(BaseModel):
+    """Where a worker serves Prometheus ``/metrics`` (``LEARNLOOP_METRICS__PORT``, ``LEARNLOOP_METRICS__HOST``).
+
+    With no ``port`` each worker takes its own default (:data:`METRICS_PORTS`), so the workers
+    of ``learnloop dev`` share a host; ``0`` turns the endpoint off. In a container, set
+    ``host`` to ``0.0.0.0`` so that Prometheus can reach it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65_535, description="default: the worker's own; 0: off")
+
+    def port_for(self, worker: Literal["feedback", "conversations", "trainer"]) -> int | None:
+        """The port ``worker`` serves its metrics on; ``None`` when it serves none."""
+        port = METRICS_PORTS[worker] if self.port is None else self.port
+        return port or None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEARNLOOP_",
@@ -112,6 +132,7 @@ class Settings(BaseSettings):
     training: FineTuneConfig = FineTuneConfig()
     mlflow: MlflowConfig = MlflowConfig()
     trainer: TrainerConfig = TrainerConfig()
+    metrics: MetricsConfig = MetricsConfig()
     learners_file: Path = Path("learners.toml")
     data_dir: Path = Path(".learnloop")
     source: str = Field(default="learnloop", min_length=1, max_length=128)

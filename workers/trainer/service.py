@@ -23,6 +23,7 @@ from typing import Any
 from learners.config import LearnersConfig
 from learners.finetune import TrainingCancelled
 from schemas import ModelUpdate, RetrainRequest
+from streams.metrics import Metrics, default_metrics
 from streams.producer import EventProducer
 from workers.store.datasets import DatasetInvalid
 from workers.store.jobs import JobStateError, JobStore
@@ -43,6 +44,7 @@ class Trainer:
         learners: LearnersConfig,
         config: TrainerConfig,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.jobs = jobs
         self.pipeline = pipeline
@@ -50,6 +52,7 @@ class Trainer:
         self.learners = learners
         self.config = config
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = metrics or default_metrics()
         self._stopping = asyncio.Event()
         self.completed: list[str] = []
 
@@ -98,6 +101,13 @@ class Trainer:
         return self.jobs.claim_next(self.worker_id, settle_s=self.config.settle_s)
 
     async def run_job(self, job: TrainingJob) -> None:
+        t0 = time.monotonic()
+        outcome = await self._run_job(job)
+        self.metrics.training_jobs.labels(job.model, outcome).inc()
+        self.metrics.training_job_seconds.labels(job.model).observe(time.monotonic() - t0)
+
+    async def _run_job(self, job: TrainingJob) -> str:
+        """Run one job to its end; the outcome: succeeded, failed, dataset_invalid, cancelled or lost."""
         log.info("job %s: training %s (attempt %d)", job.id, job.model, job.attempts)
 
         def progress(p: dict[str, Any]) -> None:
@@ -110,23 +120,26 @@ class Trainer:
         except DatasetInvalid as exc:
             await asyncio.to_thread(self.jobs.fail, job.id, f"dataset invalid: {exc}", worker_id=self.worker_id)
             log.error("job %s failed: dataset invalid: %s", job.id, exc)
-            return
+            return "dataset_invalid"
         except TrainingCancelled:
             log.warning("job %s interrupted by shutdown; the next trainer picks it up again", job.id)
-            return
+            return "cancelled"
         except JobStateError as exc:  # our heartbeat was refused: the job was recovered as stale
             log.error("job %s is no longer ours (%s); dropping this run", job.id, exc)
-            return
+            return "lost"
         except Exception as exc:  # a failed job must be recorded, whatever broke; the worker carries on
             reason = f"{type(exc).__name__}: {exc}"
             log.error("job %s failed: %s\n%s", job.id, reason, traceback.format_exc())
             await asyncio.to_thread(self.jobs.fail, job.id, reason[:4000], worker_id=self.worker_id)
-            return
+            return "failed"
         await self.announce(outcome.update)
         await asyncio.to_thread(self.jobs.succeed, job.id, outcome.result, worker_id=self.worker_id)
         self.completed.append(job.id)
+        return "succeeded"
 
     async def announce(self, update: ModelUpdate) -> None:
         await self.producer.send(update)
         await self.producer.flush()
+        if update.version.isdecimal():  # registry versions are numbers; anything else has no gauge value
+            self.metrics.model_version.labels(update.model, update.alias).set(int(update.version))
         log.info("announced %s version %s as %s", update.model, update.version, update.alias)

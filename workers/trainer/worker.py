@@ -11,6 +11,7 @@ from schemas import DeadLetter, RetrainRequest, parse_event
 from schemas.errors import InvalidEvent
 from streams.admin import ensure_topics
 from streams.app import LoopService, create_app
+from streams.metrics import serve_metrics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.feedback_worker import run_faust
@@ -74,6 +75,7 @@ def run_trainer_worker(settings: Settings) -> None:
     async def intake(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            trainer.metrics.events_in.labels(msg.topic).inc()
             try:
                 req = parse_event(event.value, RetrainRequest)
             except InvalidEvent as exc:
@@ -82,8 +84,10 @@ def run_trainer_worker(settings: Settings) -> None:
                     value=msg.value, error=exc, source=settings.source,
                 )
                 await topics["deadletter"].send(key=msg.key, value=dl.to_json())
+                trainer.metrics.deadlettered.labels(msg.topic, dl.reason).inc()
                 continue
             assert isinstance(req, RetrainRequest)
             await asyncio.to_thread(trainer.intake, req)
 
+    serve_metrics(settings.metrics.host, settings.metrics.port_for("trainer"))
     run_faust(app, LoopService(TrainerLoop(trainer, settings)), loglevel=settings.log_level)

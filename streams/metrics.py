@@ -1,0 +1,252 @@
+"""Prometheus metrics of the stream loops and the workers, recorded per batch, never per event.
+
+One :class:`Metrics` per process, bound to a ``CollectorRegistry`` (prometheus_client's
+default one in the workers, a fresh one in tests). Counters grow by a batch's count and
+histograms take one observation per batch, so the feedback path pays a few microseconds
+per batch of thousands of events. Learner gauges are set when a snapshot is written,
+from the statuses computed for Redis at that moment anyway. Snapshot age is computed when
+Prometheus scrapes, so it keeps growing while a stuck loop writes nothing.
+
+The learning code (``learners/``) never sees this module: the loops read what the
+learners already expose (``n_seen``, ``status()``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from schemas import DriftEvent
+
+if TYPE_CHECKING:
+    from streams.feedback import BatchResult, LearnerSlot
+
+__all__ = ["LearnedTally", "Metrics", "default_metrics", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_PER_EVENT_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2)
+_GRAPH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
+
+
+class Metrics:
+    """Every learnloop metric, bound to one registry (two instances need two registries).
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> from streams.feedback import BatchResult
+    >>> m = Metrics(CollectorRegistry())
+    >>> r = BatchResult(learned=3, duplicates=1)
+    >>> r.deadlettered["invalid"] += 2
+    >>> m.record_batch("learnloop.feedback", 6, r)
+    >>> m.registry.get_sample_value("learnloop_events_deadlettered_total",
+    ...                             {"topic": "learnloop.feedback", "reason": "invalid"})
+    2.0
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        r = registry
+        # -- every loop
+        self.events_in = Counter("learnloop_events_in", "Records consumed", ["topic"], registry=r)
+        self.deadlettered = Counter(
+            "learnloop_events_deadlettered", "Records sent to the dead-letter topic", ["topic", "reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "learnloop_duplicates_dropped", "Events dropped as already processed (event_id)", ["topic"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "learnloop_batch_seconds", "Time to process one non-empty batch, outputs acknowledged and committed",
+            ["loop"], buckets=_BATCH_BUCKETS, registry=r,
+        )
+        # -- feedback: learning
+        self.events_learned = Counter(
+            "learnloop_events_learned", "Events learned by this process (a replay after a rewind learns again)",
+            ["learner"], registry=r,
+        )
+        self.learn_seconds = Histogram(
+            "learnloop_learn_seconds",
+            "Processing time per feedback event (decode, dedup, join, predict, score, learn): "
+            "a batch's time divided by its records, observed once per batch",
+            buckets=_PER_EVENT_BUCKETS, registry=r,
+        )
+        self.learner_metric = Gauge(
+            "learnloop_learner_metric", "A learner's prequential metric at its latest snapshot",
+            ["learner", "partition", "metric"], registry=r,
+        )
+        self.learner_events = Gauge(
+            "learnloop_learner_events", "Events a learner has learned in all (restored state included), "
+            "at its latest snapshot", ["learner", "partition"], registry=r,
+        )
+        self.drift_alarms = Counter(
+            "learnloop_drift_alarms", "Drift alarms raised (a replay after a rewind raises them again)",
+            ["learner"], registry=r,
+        )
+        self.snapshots = Counter("learnloop_snapshots", "Learner snapshots written with their offsets", registry=r)
+        self._snapshot_at: dict[tuple[str, int], float] = {}
+        self._snapshot_lock = threading.Lock()  # the scrape runs in the HTTP server's thread
+        self._learner_series: dict[int, set[tuple[str, str | None]]] = {}
+        r.register(_SnapshotAge(self._snapshot_times))
+        # -- conversations: the knowledge graph
+        self.graph_write_seconds = Histogram(
+            "learnloop_graph_write_seconds", "Time of one batch's graph write, retries included",
+            buckets=_GRAPH_BUCKETS, registry=r,
+        )
+        self.graph_write_failures = Counter(
+            "learnloop_graph_write_failures", "Batch graph writes that failed after the writer's retries", registry=r
+        )
+        self.graph_entities = Counter("learnloop_graph_entities", "Entities written (per turn)", registry=r)
+        self.graph_relations = Counter("learnloop_graph_relations", "Relations written (per turn)", registry=r)
+        self.conversation_turns = Counter(
+            "learnloop_conversation_turns", "Conversation turns written to the graph (once each)", registry=r
+        )
+        # -- trainer
+        self.training_jobs = Counter(
+            "learnloop_training_jobs", "Training jobs run, by outcome", ["model", "outcome"], registry=r
+        )
+        self.training_job_seconds = Histogram(
+            "learnloop_training_job_seconds", "Duration of a training job run, whatever its outcome", ["model"],
+            buckets=_JOB_BUCKETS, registry=r,
+        )
+        self.model_version = Gauge(
+            "learnloop_model_version", "The version last announced for a model under an alias", ["model", "alias"],
+            registry=r,
+        )
+
+    # -- per batch -----------------------------------------------------------------
+
+    def record_batch(self, topic: str, records: int, result: BatchResult) -> None:
+        """Count one batch of ``topic``: records in, dead letters by reason, duplicates, drift alarms."""
+        if records:
+            self.events_in.labels(topic).inc(records)
+        for reason, n in result.deadlettered.items():
+            self.deadlettered.labels(topic, reason).inc(n)
+        if result.duplicates:
+            self.duplicates.labels(topic).inc(result.duplicates)
+        if result.drifts:
+            for event in result.outputs:
+                if isinstance(event, DriftEvent):
+                    self.drift_alarms.labels(event.learner).inc()
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def snapshot_written(self, topic: str, partition: int, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+        """A partition's snapshot is durable: count it, restart its age, publish its learners' metrics."""
+        self.snapshots.inc()
+        with self._snapshot_lock:
+            self._snapshot_at[(topic, partition)] = time.time()
+        series = self._learner_series.setdefault(partition, set())
+        p = str(partition)
+        for name, status in statuses.items():
+            self.learner_events.labels(name, p).set(status["n_learned"])
+            series.add((name, None))
+            for metric, value in status["metrics"].items():
+                if isinstance(value, int | float):
+                    self.learner_metric.labels(name, p, metric).set(value)
+                    series.add((name, metric))
+
+    def snapshot_restored(self, topic: str, partition: int, created_at: str) -> None:
+        """A partition resumed from a snapshot written at ``created_at`` (RFC 3339): its age counts from then."""
+        at = datetime.fromisoformat(created_at).timestamp()
+        with self._snapshot_lock:
+            self._snapshot_at[(topic, partition)] = at
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """The partition went to another worker: stop exporting its age and its learners."""
+        with self._snapshot_lock:
+            self._snapshot_at.pop((topic, partition), None)
+        p = str(partition)
+        for name, metric in self._learner_series.pop(partition, set()):
+            if metric is None:
+                self.learner_events.remove(name, p)
+            else:
+                self.learner_metric.remove(name, p, metric)
+
+    def _snapshot_times(self) -> list[tuple[tuple[str, int], float]]:
+        with self._snapshot_lock:
+            return list(self._snapshot_at.items())
+
+
+class _SnapshotAge:
+    """``learnloop_snapshot_age_seconds``, computed at scrape time from when each snapshot was written."""
+
+    NAME = "learnloop_snapshot_age_seconds"
+    HELP = "Seconds since the partition's latest snapshot was written (an idle partition is not re-snapshotted)"
+
+    def __init__(self, times: Callable[[], list[tuple[tuple[str, int], float]]]) -> None:
+        self._times = times
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["topic", "partition"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["topic", "partition"])
+        now = time.time()
+        for (topic, partition), at in self._times():
+            family.add_metric([topic, str(partition)], max(0.0, now - at))
+        yield family
+
+
+class LearnedTally:
+    """Events learned per learner, read from each partition's learners' ``n_seen``.
+
+    A ``BatchResult`` counts only the batch's total; the learners know their own counts. A
+    partition restored (or rewound) from a snapshot starts from the snapshot's counts, so the
+    events replayed after it count again, as they do in ``BatchResult.learned``.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._seen: dict[tuple[str, int, str], int] = {}
+
+    def restored(self, topic: str, partition: int, slots: Mapping[str, LearnerSlot]) -> None:
+        self.forget(topic, partition)
+        for name, slot in slots.items():
+            self._seen[(topic, partition, name)] = slot.learner.n_seen
+
+    def update(self, topic: str, partition: int, slots: Mapping[str, LearnerSlot]) -> None:
+        for name, slot in slots.items():
+            key = (topic, partition, name)
+            n = slot.learner.n_seen
+            learned = n - self._seen.get(key, 0)
+            if learned > 0:
+                self._counter.labels(name).inc(learned)
+            if learned:
+                self._seen[key] = n
+
+    def forget(self, topic: str, partition: int) -> None:
+        for key in [k for k in self._seen if k[0] == topic and k[1] == partition]:
+            del self._seen[key]
+
+
+@functools.cache
+def default_metrics() -> Metrics:
+    """This process's metrics, on prometheus_client's default registry (the one :func:`serve_metrics` serves)."""
+    return Metrics(REGISTRY)
+
+
+def serve_metrics(host: str, port: int | None, registry: CollectorRegistry = REGISTRY) -> bool:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread; ``False`` when off (0/None) or the port is taken.
+
+    A taken port is logged, not fatal: metrics are for watching the worker, and a second
+    worker on one host should not die of the first one's default port.
+    """
+    if not port:
+        log.info("metrics endpoint off (no port configured)")
+        return False
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s:%d (%s); this worker runs without /metrics", host, port, exc)
+        return False
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return True
