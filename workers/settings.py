@@ -18,6 +18,7 @@ from learners.finetune import FineTuneConfig
 from learners.knowledge.config import NlpConfig
 from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig
+from workers.api.config import ApiConfig
 from workers.store.config import DatabaseConfig
 from workers.trainer.config import MlflowConfig, TrainerConfig
 
@@ -133,6 +134,7 @@ class Settings(BaseSettings):
     mlflow: MlflowConfig = MlflowConfig()
     trainer: TrainerConfig = TrainerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
     learners_file: Path = Path("learners.toml")
     data_dir: Path = Path(".learnloop")
     source: str = Field(default="learnloop", min_length=1, max_length=128)

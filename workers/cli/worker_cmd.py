@@ -42,3 +42,14 @@ def trainer() -> None:
     s = settings()
     setup_logging(s.log_level)
     run_trainer_worker(s)
+
+
+@app.command("api")
+def api() -> None:
+    """Serve the HTTP gateway: events in (to Kafka), learner/model/lag status out, the status page."""
+    from workers.api.server import run_api
+    from workers.cli import setup_logging
+
+    s = settings()
+    setup_logging(s.log_level)
+    run_api(s)

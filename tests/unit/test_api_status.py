@@ -1,0 +1,189 @@
+"""Read routes with stand-ins: learners, models, lag (sync, async, absent), readiness, OpenAPI, the page."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from fastapi.testclient import TestClient
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from schemas import FeedbackEvent
+from workers.api.app import create_app
+from workers.api.config import ApiConfig, ApiKey
+from workers.api.keys import hash_key
+from workers.api.memory import MemoryPublisher, MemoryStore
+from workers.api.status import LagRows, ModelListing, ModelSource, lag_source, model_source
+from workers.settings import Settings, load_settings
+
+KEY = "ll_unit-reader"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+STATUS = {"name": "ctr", "task": "binary", "n_learned": 1200, "metrics": {"rolling_accuracy": 0.81},
+          "drifts": 1, "last_drift": {"n_seen": 1024}}
+DRIFT = {"schema": "drift/1", "learner": "ctr", "n_seen": 1024, "detector": "adwin"}
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.publisher = MemoryPublisher()
+        self.store = MemoryStore([STATUS], [DRIFT])
+        self.settings = load_settings(data_dir=tmp_path)
+        api = ApiConfig(keys=[ApiKey(name="dash", sha256=hash_key(KEY))], ready_timeout_s=0.5)
+        self.app = create_app(self.settings, api=api, producer=self.publisher, store=self.store)
+        self.client = TestClient(self.app)
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    with h.client:
+        yield h
+
+
+def test_learners_are_the_stored_statuses_and_recent_drifts(gw: Harness) -> None:
+    res = gw.client.get("/v1/learners", headers=AUTH)
+    assert res.status_code == 200
+    assert res.json() == {"learners": [STATUS], "drifts": [DRIFT]}
+
+
+def test_learners_are_503_when_redis_is_down(gw: Harness) -> None:
+    gw.store.down = True
+    res = gw.client.get("/v1/learners", headers=AUTH)
+    assert (res.status_code, res.json()) == (503, {"detail": "redis unavailable"})
+
+
+def test_models_come_from_the_model_source(gw: Harness) -> None:
+    versions = [{"name": "sea-text", "version": "2", "aliases": ["champion"], "metrics": {"f1": 0.9}}]
+
+    def fake() -> ModelSource:
+        async def listing() -> ModelListing:
+            return ModelListing(versions)
+
+        return listing
+
+    gw.app.dependency_overrides[model_source] = fake
+    assert gw.client.get("/v1/models", headers=AUTH).json() == {"versions": versions, "note": None}
+
+
+def test_models_say_so_when_there_is_no_registry_yet(gw: Harness) -> None:
+    res = gw.client.get("/v1/models", headers=AUTH)
+    assert res.status_code == 200
+    assert res.json()["versions"] == []
+    assert res.json()["note"].startswith("no model registry yet")
+    assert not (gw.settings.data_dir / "mlflow.db").exists()  # a GET creates nothing
+
+
+def test_models_are_503_when_the_registry_fails(gw: Harness) -> None:
+    def failing() -> ModelSource:
+        async def listing() -> ModelListing:
+            raise OSError("registry server unreachable")
+
+        return listing
+
+    gw.app.dependency_overrides[model_source] = failing
+    res = gw.client.get("/v1/models", headers=AUTH)
+    assert (res.status_code, res.json()) == (503, {"detail": "model registry unavailable"})
+
+
+def test_lag_is_503_when_the_lag_monitor_is_not_installed(gw: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "workers.lag", None)  # makes `import workers.lag` fail
+    res = gw.client.get("/v1/lag", headers=AUTH)
+    assert (res.status_code, res.json()) == (503, {"detail": "lag monitor unavailable"})
+
+
+ROW = {"group": "learnloop-feedback", "topic": "learnloop.feedback", "partition": 0, "lag": 12, "lag_seconds": 0.4}
+
+
+def _sync_rows(settings: Settings) -> list[dict[str, Any]]:
+    assert isinstance(settings, Settings)
+    return [ROW]
+
+
+async def _async_rows(settings: Settings) -> list[dict[str, Any]]:
+    return [ROW]
+
+
+@pytest.mark.parametrize("lag_rows", [_sync_rows, _async_rows], ids=["sync", "async"])
+def test_lag_calls_the_lag_monitor_with_the_settings(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch, lag_rows: Any
+) -> None:
+    module = types.ModuleType("workers.lag")
+    module.lag_rows = lag_rows  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "workers.lag", module)
+    res = gw.client.get("/v1/lag", headers=AUTH)
+    assert (res.status_code, res.json()) == (200, {"rows": [ROW]})
+
+
+def test_lag_source_can_be_overridden(gw: Harness) -> None:
+    def fake() -> LagRows:
+        async def rows() -> list[Any]:
+            return [ROW]
+
+        return rows
+
+    gw.app.dependency_overrides[lag_source] = fake
+    assert gw.client.get("/v1/lag", headers=AUTH).json() == {"rows": [ROW]}
+    # The key is checked before the source is asked.
+    assert gw.client.get("/v1/lag").status_code == 401
+
+
+def test_readyz_names_what_failed(gw: Harness) -> None:
+    assert gw.client.get("/readyz").json() == {
+        "status": "ready", "checks": {"broker": "ok", "redis": "ok"}, "failed": []
+    }
+    gw.store.down = True
+    res = gw.client.get("/readyz")
+    assert res.status_code == 503
+    assert res.json()["failed"] == ["redis"]
+    assert res.json()["checks"]["broker"] == "ok"
+    gw.publisher.failure = RedisConnectionError("x")  # any exception type counts as a failed probe
+    assert gw.client.get("/readyz").json()["failed"] == ["broker", "redis"]
+
+
+def test_healthz_is_always_ok(gw: Harness) -> None:
+    gw.store.down = True
+    assert gw.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_openapi_describes_every_route_and_the_event_bodies(gw: Harness) -> None:
+    doc = gw.client.get("/openapi.json").json()
+    assert set(doc["paths"]) >= {"/v1/feedback", "/v1/predictions", "/v1/conversations", "/v1/learners",
+                                 "/v1/models", "/v1/lag", "/healthz", "/readyz", "/metrics"}
+    body = doc["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["oneOf"][0] == {"$ref": "#/components/schemas/FeedbackEvent"}
+    feedback = doc["components"]["schemas"]["FeedbackEvent"]
+    assert "source" not in feedback.get("required", [])
+    # The request schema accepts what the gateway accepts (an event without source included).
+    validator = jsonschema.Draft202012Validator({**body, "components": doc["components"]})
+    event = FeedbackEvent(source="x", learner="ctr", text="hi", rating=5).to_dict()
+    del event["source"]
+    validator.validate(event)
+    validator.validate([event, event])
+    assert not validator.is_valid({"learner": "ctr"})
+    assert {"bearer", "apiKey"} <= set(doc["components"]["securitySchemes"])
+    assert gw.client.get("/docs").status_code == 200
+
+
+def test_root_redirects_to_the_status_page_keeping_the_query(gw: Harness) -> None:
+    res = gw.client.get("/?key=abc&refresh=2", follow_redirects=False)
+    assert (res.status_code, res.headers["location"]) == (307, "status?key=abc&refresh=2")
+
+
+def test_the_status_page_is_self_contained(gw: Harness) -> None:
+    page = gw.client.get("/status")
+    script = gw.client.get("/static/status.js")
+    assert page.headers["content-type"].startswith("text/html")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert '<script src="static/status.js">' in page.text
+    for text in (page.text, script.text):
+        # No URL but the SVG namespace: nothing is fetched from outside the gateway.
+        assert set(re.findall(r"https?://[^\s\"'`]+", text)) <= {"http://www.w3.org/2000/svg"}
+    for route in ("v1/learners", "v1/lag", "v1/models"):
+        assert f'"{route}"' in script.text
+    assert "innerHTML" not in script.text  # server data goes in as text only

@@ -1,0 +1,105 @@
+"""``create_app``: the gateway as a FastAPI app, its producer and Redis store started by its lifespan."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from streams.admin import ensure_topics
+from streams.producer import EventProducer
+from streams.topics import Topics
+from workers.api.auth import KeyRing
+from workers.api.config import ApiConfig
+from workers.api.deps import Gateway
+from workers.api.ingest import ingest_router
+from workers.api.metrics import ApiMetrics, RequestMetrics
+from workers.api.openapi import install_openapi
+from workers.api.ports import EventPublisher, KafkaPublisher, StatusStore
+from workers.api.status import status_router
+from workers.redis_store import RedisStore
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Events in over HTTP, validated with learnloop's schemas and produced to Kafka;
+learner, model and lag status out. Send an API key as `Authorization: Bearer <key>` or `X-API-Key`.
+The status page is at [/status](/status)."""
+
+
+def api_config(settings: Settings) -> ApiConfig:
+    """``settings.api``, or the defaults when these settings have no such section."""
+    section = getattr(settings, "api", None)
+    return section if isinstance(section, ApiConfig) else ApiConfig()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("learnloop")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    api: ApiConfig | None = None,
+    producer: EventPublisher | None = None,
+    store: StatusStore | None = None,
+) -> FastAPI:
+    """The gateway app.
+
+    ``api`` defaults to ``settings.api``. A ``producer`` or ``store`` given here is
+    used as is (the caller starts and stops it); otherwise the lifespan makes an
+    ``EventProducer`` (creating missing topics first) and a ``RedisStore`` from
+    ``settings`` and closes them at shutdown.
+    """
+    config = api if api is not None else api_config(settings)
+    gateway = Gateway(
+        settings=settings,
+        config=config,
+        keyring=KeyRing(config.keys, allow_anonymous_read=config.allow_anonymous_read),
+        metrics=ApiMetrics(),
+        topics=Topics(settings.kafka.topic_prefix),
+        publisher=producer,
+        store=store,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not config.keys:
+            log.warning("no API keys configured (api.keys): only anonymous reads%s are possible",
+                        "" if config.allow_anonymous_read else ", and those are off,")
+        async with AsyncExitStack() as owned:
+            if producer is None:
+                await ensure_topics(settings.kafka, gateway.topics.all())
+                kafka = EventProducer(settings.kafka, topics=gateway.topics)
+                await kafka.start()
+                owned.push_async_callback(kafka.stop)
+                gateway.publisher = KafkaPublisher(kafka)
+                owned.callback(setattr, gateway, "publisher", None)
+            if store is None:
+                redis = RedisStore.from_config(settings.redis)
+                owned.push_async_callback(redis.close)
+                gateway.store = redis
+                owned.callback(setattr, gateway, "store", None)
+            yield
+
+    app = FastAPI(
+        title="learnloop gateway",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.gateway = gateway
+    app.include_router(ingest_router(config.max_batch))
+    app.include_router(status_router())
+    app.add_middleware(RequestMetrics, metrics=gateway.metrics)
+    install_openapi(app)
+    return app

@@ -1,0 +1,48 @@
+"""The gateway's state on ``app.state`` and the dependencies that hand it to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from streams.topics import Topics
+from workers.api.auth import KeyRing
+from workers.api.config import ApiConfig
+from workers.api.metrics import ApiMetrics
+from workers.api.ports import EventPublisher, StatusStore
+from workers.settings import Settings
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs; built by ``create_app``, filled in by its lifespan."""
+
+    settings: Settings
+    config: ApiConfig
+    keyring: KeyRing
+    metrics: ApiMetrics
+    topics: Topics
+    publisher: EventPublisher | None = None
+    store: StatusStore | None = None
+    # The MLflow registry, made on first use of /v1/models (importing MLflow takes seconds).
+    registry: Any = field(default=None, repr=False)
+
+    def require_publisher(self) -> EventPublisher:
+        if self.publisher is None:
+            raise RuntimeError("the gateway's producer is not started (is the app running under its lifespan?)")
+        return self.publisher
+
+    def require_store(self) -> StatusStore:
+        if self.store is None:
+            raise RuntimeError("the gateway's Redis store is not started (is the app running under its lifespan?)")
+        return self.store
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]

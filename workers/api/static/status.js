@@ -1,0 +1,206 @@
+// learnloop status page: polls the gateway's read routes and draws what it gets.
+// No libraries and no network beyond this gateway. Every value from the server
+// goes into the page as text (textContent), never as markup.
+"use strict";
+
+const KEY_STORE = "learnloop.apiKey";
+const MAX_POINTS = 600; // per learner, kept in this tab only
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const params = new URLSearchParams(location.search);
+if (params.has("key")) {
+  // Keep the key for the next visit, and out of the address bar and history.
+  localStorage.setItem(KEY_STORE, params.get("key"));
+  params.delete("key");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+}
+const refreshSeconds = Math.max(1, Number(params.get("refresh")) || 5);
+const history_ = new Map(); // learner name -> [{n, v, t}]
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function fmt(v, digits = 4) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : v.toFixed(digits);
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+async function getJSON(path) {
+  const key = localStorage.getItem(KEY_STORE);
+  const headers = key ? { "X-API-Key": key } : {};
+  try {
+    const res = await fetch(path, { headers, cache: "no-store" });
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* not JSON: keep null */ }
+    return { ok: res.ok, status: res.status, body };
+  } catch (err) {
+    return { ok: false, status: 0, body: { detail: "gateway unreachable: " + err } };
+  }
+}
+
+function problem(target, res) {
+  const detail = (res.body && res.body.detail) || "HTTP " + res.status;
+  target.replaceChildren(el("p", { class: res.status === 503 ? "note" : "error" }, detail));
+}
+
+// The metric a learner is judged by: rolling accuracy (classifiers) or rolling MAE (regressors).
+function mainMetric(metrics) {
+  for (const name of ["rolling_accuracy", "accuracy", "rolling_mae", "mae"]) {
+    if (typeof (metrics || {})[name] === "number") return { name, value: metrics[name] };
+  }
+  return null;
+}
+
+function remember(learner, metric) {
+  if (!metric) return [];
+  const points = history_.get(learner.name) || [];
+  const n = Number(learner.n_learned) || 0;
+  const last = points[points.length - 1];
+  if (!last || last.n !== n || last.v !== metric.value) {
+    if (last && n < last.n) points.length = 0; // the learner was reset: start its line again
+    points.push({ n, v: metric.value, t: new Date() });
+    if (points.length > MAX_POINTS) points.splice(0, points.length - MAX_POINTS);
+  }
+  history_.set(learner.name, points);
+  return points;
+}
+
+function chart(points, driftAt, metric) {
+  const W = 420, H = 150, L = 34, R = 10, T = 12, B = 24;
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
+                            "aria-label": `${metric.name} over events learned` });
+  const xs = points.map(p => p.n).concat(driftAt);
+  let x0 = Math.min(...xs), x1 = Math.max(...xs);
+  if (x0 === x1) { x0 = Math.max(0, x0 - 1); x1 = x1 + 1; }
+  const isError = metric.name.includes("mae");
+  const y0 = 0;
+  const y1 = isError ? Math.max(...points.map(p => p.v), 1e-9) * 1.15 : 1;
+  const X = n => L + (W - L - R) * (n - x0) / (x1 - x0);
+  const Y = v => T + (H - T - B) * (1 - (v - y0) / (y1 - y0));
+  for (let i = 0; i <= 4; i++) {
+    const v = y0 + (y1 - y0) * i / 4;
+    root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: Y(v), y2: Y(v) }));
+    root.append(svg("text", { x: L - 6, y: Y(v) + 3, "text-anchor": "end" }, v.toFixed(2)));
+  }
+  root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
+  root.append(svg("text", { x: L, y: H - 8 }, fmt(Math.round(x0))));
+  root.append(svg("text", { x: W - R, y: H - 8, "text-anchor": "end" }, fmt(Math.round(x1))));
+  root.append(svg("text", { x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle" },
+                  `events learned — ${metric.name}`));
+  for (const n of driftAt) {
+    const line = svg("line", { class: "drift", x1: X(n), x2: X(n), y1: T, y2: H - B });
+    line.append(svg("title", {}, `drift at ${fmt(n)}`));
+    root.append(line);
+    root.append(svg("text", { class: "drift-label", x: X(n) + 3, y: T + 9 }, "drift"));
+  }
+  if (points.length > 1) {
+    root.append(svg("polyline", { class: "series",
+                                  points: points.map(p => `${X(p.n).toFixed(1)},${Y(p.v).toFixed(1)}`).join(" ") }));
+  }
+  const last = points[points.length - 1];
+  const dot = svg("circle", { class: "point", cx: X(last.n), cy: Y(last.v), r: 3.5 });
+  dot.append(svg("title", {}, `${metric.name} ${fmt(last.v)} at ${fmt(last.n)} (${last.t.toLocaleTimeString()})`));
+  root.append(dot);
+  return root;
+}
+
+function renderLearners(res) {
+  const target = document.getElementById("learners");
+  if (!res.ok) return problem(target, res);
+  const { learners = [], drifts = [] } = res.body || {};
+  if (!learners.length) {
+    return target.replaceChildren(el("p", { class: "note" }, "no learner state yet (is a feedback worker running?)"));
+  }
+  const cards = learners.map(learner => {
+    const metric = mainMetric(learner.metrics);
+    const points = remember(learner, metric);
+    const driftAt = new Set(drifts.filter(d => d.learner === learner.name).map(d => Number(d.n_seen)));
+    if (learner.last_drift && learner.last_drift.n_seen !== undefined) driftAt.add(Number(learner.last_drift.n_seen));
+    const card = el("article", { class: "learner", "data-learner": learner.name },
+      el("h3", {}, learner.name, el("span", { class: "kind" }, `${learner.task || "?"} · ${learner.model || "?"}`)),
+      el("div", { class: "stats" },
+        el("span", {}, "learned ", el("b", {}, fmt(learner.n_learned || 0))),
+        el("span", {}, `${metric ? metric.name : "metric"} `, el("b", {}, metric ? fmt(metric.value) : "–")),
+        el("span", {}, "drifts ", el("b", {}, fmt(learner.drifts || 0))),
+        el("span", {}, "last drift at ", el("b", {}, learner.last_drift ? fmt(learner.last_drift.n_seen) : "–"))));
+    if (points.length) card.append(chart(points, [...driftAt].filter(Number.isFinite).sort((a, b) => a - b), metric));
+    return card;
+  });
+  target.replaceChildren(...cards);
+}
+
+function renderLag(res) {
+  const target = document.getElementById("lag");
+  if (!res.ok) return problem(target, res);
+  const rows = (res.body && res.body.rows) || [];
+  if (!rows.length) return target.replaceChildren(el("p", { class: "note" }, "no consumer groups reported"));
+  const columns = [];
+  for (const row of rows) for (const k of Object.keys(row)) if (!columns.includes(k)) columns.push(k);
+  const head = el("tr", {}, ...columns.map(c => el("th", {}, c)));
+  const body = rows.map(row => el("tr", {}, ...columns.map(c => {
+    const v = row[c];
+    const cls = (typeof v === "number" ? "num" : "") + (c.startsWith("lag") && v > 0 ? " lagging" : "");
+    return el("td", { class: cls.trim() }, fmt(v, 2));
+  })));
+  target.replaceChildren(el("table", { id: "lag-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
+}
+
+function renderModels(res) {
+  const target = document.getElementById("models");
+  if (!res.ok) return problem(target, res);
+  const { versions = [], note = null } = res.body || {};
+  const parts = [];
+  if (note) parts.push(el("p", { class: "note" }, note));
+  if (!versions.length && !note) parts.push(el("p", { class: "note" }, "no registered model versions"));
+  if (versions.length) {
+    const head = el("tr", {}, ...["model", "version", "aliases", "created", "metrics"].map(c => el("th", {}, c)));
+    const rows = [...versions].reverse().map(v => el("tr", { "data-model": v.name },
+      el("td", {}, v.name), el("td", { class: "num" }, v.version),
+      el("td", {}, ...(v.aliases || []).map(a => el("span", { class: "alias " + a }, a))),
+      el("td", {}, v.created_at ? new Date(v.created_at).toLocaleString() : "–"),
+      el("td", { class: "wrap" }, Object.entries(v.metrics || {}).slice(0, 3).map(([k, m]) => `${k} ${fmt(m, 3)}`).join(", "))));
+    parts.push(el("table", { id: "models-table" }, el("thead", {}, head), el("tbody", {}, ...rows)));
+  }
+  target.replaceChildren(...parts);
+}
+
+async function poll() {
+  const [learners, lag, models] = await Promise.all(
+    [getJSON("v1/learners"), getJSON("v1/lag"), getJSON("v1/models")]);
+  renderLearners(learners);
+  renderLag(lag);
+  renderModels(models);
+  const denied = [learners, lag, models].some(r => r.status === 401 || r.status === 403);
+  document.getElementById("keyform").hidden = !denied;
+  const state = document.getElementById("state");
+  state.textContent = denied ? "needs a read key" : learners.ok ? "live" : "degraded";
+  state.className = learners.ok && !denied ? "ok" : "error";
+  document.getElementById("updated").textContent =
+    `updated ${new Date().toLocaleTimeString()} · every ${refreshSeconds}s`;
+}
+
+document.getElementById("keyform").addEventListener("submit", event => {
+  event.preventDefault();
+  const value = document.getElementById("apikey").value.trim();
+  if (value) localStorage.setItem(KEY_STORE, value);
+  poll();
+});
+
+async function loop() {
+  try { await poll(); } finally { setTimeout(loop, refreshSeconds * 1000); }
+}
+loop();

@@ -1,0 +1,194 @@
+"""Read routes: learners, models, lag, health, readiness, metrics, and the status page.
+
+``/v1/models`` answers 200 with an empty list and a ``note`` when MLflow (the
+``train`` extra) is not installed or no registry exists yet: that is a state of
+the deployment, not an outage. It answers 503 when the registry fails.
+``/v1/lag`` calls ``workers.lag.lag_rows(settings)`` and answers 503 ("lag
+monitor unavailable") when that module cannot be imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from schemas.errors import StoreUnavailable
+from workers.api.auth import ReadCaller
+from workers.api.deps import Gateway, GatewayDep
+
+log = logging.getLogger(__name__)
+
+RECENT_DRIFTS = 100
+
+
+@dataclass
+class ModelListing:
+    versions: list[dict[str, Any]]
+    note: str | None = None
+
+
+LagRows = Callable[[], Awaitable[list[Any]]]
+ModelSource = Callable[[], Awaitable[ModelListing]]
+
+_registry_lock = threading.Lock()
+
+
+def lag_source(gateway: GatewayDep) -> LagRows:
+    """``workers.lag.lag_rows`` bound to the settings (sync or async); 503 when the lag monitor is absent."""
+    try:
+        lag_rows = importlib.import_module("workers.lag").lag_rows
+    except (ImportError, AttributeError) as error:
+        log.debug("lag monitor unavailable: %s", error)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "lag monitor unavailable") from None
+
+    async def rows() -> list[Any]:
+        if inspect.iscoroutinefunction(lag_rows):
+            return list(await lag_rows(gateway.settings))
+        result = await run_in_threadpool(lag_rows, gateway.settings)  # it may block on the broker
+        return list(await result if inspect.isawaitable(result) else result)
+
+    return rows
+
+
+def model_source(gateway: GatewayDep) -> ModelSource:
+    """The registered versions from MLflow, read in a worker thread (the MLflow client blocks)."""
+
+    async def listing() -> ModelListing:
+        return await run_in_threadpool(_registry_versions, gateway)
+
+    return listing
+
+
+def _registry_versions(gateway: Gateway) -> ModelListing:
+    s = gateway.settings
+    uri = s.mlflow.resolved_tracking_uri(s.data_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        # Opening it would create an empty registry as a side effect of a GET.
+        return ModelListing([], note=f"no model registry yet ({uri})")
+    with _registry_lock:
+        if gateway.registry is None:
+            try:
+                module = importlib.import_module("workers.training.registry")
+            except ImportError as error:
+                return ModelListing([], note=f"model registry not installed ({error}); install learnloop[train]")
+            gateway.registry = module.ModelRegistry(s.mlflow, s.data_dir)
+    return ModelListing(list(gateway.registry.versions()))
+
+
+async def _probe(check: Callable[[], Awaitable[object]], timeout: float) -> str | None:
+    """None when ``check`` succeeds in time, else why not."""
+    try:
+        await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except Exception as error:  # a probe reports any failure; it must not become a 500
+        return f"{type(error).__name__}: {error}"[:300]
+    return None
+
+
+def _asset(name: str) -> str:
+    return files("workers.api").joinpath("static", name).read_text("utf-8")
+
+
+def status_router() -> APIRouter:
+    router = APIRouter()
+    page, script = _asset("status.html"), _asset("status.js")
+
+    @router.get("/healthz", tags=["ops"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        tags=["ops"],
+        summary="The broker answers a metadata request and Redis a PING",
+        responses={503: {"description": "a dependency is unreachable; `checks` says which"}},
+    )
+    async def readyz(gateway: GatewayDep) -> JSONResponse:
+        timeout = gateway.config.ready_timeout_s
+        broker, redis = await asyncio.gather(
+            _probe(gateway.require_publisher().ping, timeout), _probe(gateway.require_store().ping, timeout)
+        )
+        checks = {"broker": broker or "ok", "redis": redis or "ok"}
+        failed = [name for name, error in (("broker", broker), ("redis", redis)) if error is not None]
+        body = {"status": "not ready" if failed else "ready", "checks": checks, "failed": failed}
+        return JSONResponse(body, status_code=503 if failed else 200)
+
+    @router.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    async def metrics(gateway: GatewayDep) -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get(
+        "/v1/learners",
+        tags=["status"],
+        summary="Each learner's status (metrics, drifts) and the most recent drift events",
+        responses={503: {"description": "Redis is unreachable"}},
+    )
+    async def learners(_: ReadCaller, gateway: GatewayDep) -> dict[str, Any]:
+        store = gateway.require_store()
+        try:
+            statuses = await store.learner_statuses()
+            drifts = await store.recent_drifts(RECENT_DRIFTS)
+        except (StoreUnavailable, RedisError, OSError) as error:
+            log.warning("learner statuses unavailable: %s", error)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "redis unavailable") from None
+        return {"learners": statuses, "drifts": drifts}
+
+    @router.get(
+        "/v1/models",
+        tags=["status"],
+        summary="Registered model versions with their aliases and metrics",
+        responses={503: {"description": "the model registry failed"}},
+    )
+    async def models(_: ReadCaller, source: Annotated[ModelSource, Depends(model_source)]) -> dict[str, Any]:
+        try:
+            listing = await source()
+        except Exception as error:  # MLflow's errors have no common root short of this
+            log.warning("model registry unavailable: %r", error, exc_info=True)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model registry unavailable") from None
+        return {"versions": jsonable_encoder(listing.versions), "note": listing.note}
+
+    @router.get(
+        "/v1/lag",
+        tags=["status"],
+        summary="Consumer lag per group, topic and partition",
+        responses={503: {"description": "the lag monitor is not installed or failed"}},
+    )
+    async def lag(_: ReadCaller, rows: Annotated[LagRows, Depends(lag_source)]) -> dict[str, Any]:
+        try:
+            found = await rows()
+        except Exception as error:  # the lag monitor talks to the broker; report, don't 500
+            log.warning("lag rows unavailable: %r", error, exc_info=True)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "lag monitor unavailable") from None
+        return {"rows": jsonable_encoder(found)}
+
+    @router.get("/", include_in_schema=False)
+    async def root(request: Request) -> RedirectResponse:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"status{query}")
+
+    @router.get("/status", include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @router.get("/static/status.js", include_in_schema=False)
+    async def status_script() -> Response:
+        return Response(script, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    return router
+
