@@ -19,6 +19,7 @@ from learners.knowledge.config import NlpConfig
 from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig
 from workers.api.config import ApiConfig
+from workers.lag.config import LagConfig
 from workers.store.config import DatabaseConfig
 from workers.trainer.config import MlflowConfig, TrainerConfig
 
@@ -135,6 +136,7 @@ class Settings(BaseSettings):
     trainer: TrainerConfig = TrainerConfig()
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
+    lag: LagConfig = LagConfig()
     learners_file: Path = Path("learners.toml")
     data_dir: Path = Path(".learnloop")
     source: str = Field(default="learnloop", min_length=1, max_length=128)

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from schemas.errors import LearnloopError
-from workers.cli import graph_cmd, produce_cmd, schemas_cmd, stack_cmd, status_cmd, training_cmd, worker_cmd
+from workers.cli import graph_cmd, lag_cmd, produce_cmd, schemas_cmd, stack_cmd, status_cmd, training_cmd, worker_cmd
 
 app = typer.Typer(
     name="learnloop",
@@ -28,6 +28,7 @@ app.add_typer(graph_cmd.dataset_app, name="dataset")
 app.command("dev")(stack_cmd.dev)
 app.command("demo")(stack_cmd.demo)
 app.command("learners")(status_cmd.learners)
+app.command("lag")(lag_cmd.lag)
 app.command("produce")(produce_cmd.produce)
 app.command("retrain")(training_cmd.retrain)
 app.command("jobs")(training_cmd.jobs)

@@ -53,3 +53,14 @@ def api() -> None:
     s = settings()
     setup_logging(s.log_level)
     run_api(s)
+
+
+@app.command("lag-exporter")
+def lag_exporter() -> None:
+    """Export consumer lag, time lag, Burrow statuses and model freshness as Prometheus metrics."""
+    from workers.cli import setup_logging
+    from workers.lag.cli import run_lag_exporter
+
+    s = settings()
+    setup_logging(s.log_level)
+    run_lag_exporter(s)
