@@ -34,7 +34,7 @@ from learners.knowledge.extraction import KnowledgeExtractor
 from schemas import ConversationEvent, Envelope
 from streams.admin import ensure_topics
 from streams.config import KafkaConfig
-from streams.conversations import ConversationConsumer, ConversationProcessor, ConversationStats
+from streams.conversations import ConversationConsumer, ConversationProcessor, ConversationStats, Prepared
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.embedded import EmbeddedBroker
@@ -157,11 +157,15 @@ class TimedProcessor(ConversationProcessor):
         self.cpu: list[float] = []
         self.sizes: list[int] = []
 
-    def process(self, records: Sequence[Any], stats: ConversationStats) -> list[Envelope]:
+    # The consumer pipelines: prepare (decode + extract) batch k+1 while finish (write) batch k runs.
+    def prepare(self, records: Sequence[Any], stats: ConversationStats) -> Prepared:
         if self.first is None:
             self.first, self.cpu = time.perf_counter(), [time.process_time()]
         self.sizes.append(len(records))
-        out = super().process(records, stats)
+        return super().prepare(records, stats)
+
+    def finish(self, prepared: Prepared, stats: ConversationStats) -> list[Envelope]:
+        out = super().finish(prepared, stats)
         if stats.written >= self.n and self.done is None:
             self.done = time.perf_counter()
             self.cpu.append(time.process_time())
