@@ -547,6 +547,13 @@ class TrainerProcess:
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return None
 
+    def peak_rss_mb(self) -> float | None:
+        """The trainer process's peak resident memory so far (VmHWM); None where unknown."""
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+            return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
+        return None
+
     def tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:]
 
@@ -698,6 +705,7 @@ async def end_to_end(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path
                             raise RuntimeError(f"{why}\n{trainer.tail()}")
                 t_update = time.time()
                 cpu1, load1 = trainer.cpu_s(), os.getloadavg()[0]
+                peak_mb = trainer.peak_rss_mb()
                 while watch.job is None or watch.job["status"] == "running":  # succeed() runs after announce()
                     await asyncio.sleep(0.05)
                     watch.poll(jobs)
@@ -718,6 +726,7 @@ async def end_to_end(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path
         out["trainer_cpu_s"] = round(cpu1 - cpu0, 1)
         out["trainer_cpu_per_wall"] = round((cpu1 - cpu0) / (t_update - t0), 2)
     out["load"] = [round(load0, 2), round(load1, 2)]
+    out["trainer_peak_rss_mb"] = round(peak_mb) if peak_mb is not None else None
     rates = heartbeat_rates(watch.seen, args.batch_size)
     if rates:
         out["train_rate_between_heartbeats"] = {"min": rates[0], "p50": rates[len(rates) // 2], "max": rates[-1]}
@@ -965,6 +974,7 @@ def e2e_table(e: Result) -> Iterator[str]:
         yield (
             f"training samples/s between progress heartbeats: min {hb['min']}, median {hb['p50']}, max {hb['max']}; "
             f"trainer CPU time / wall time {_n(e.get('trainer_cpu_per_wall'), '.2f')}; "
+            f"trainer peak RSS {_n(e.get('trainer_peak_rss_mb'), ',.0f')} MiB; "
             f"load average {e['load'][0]} -> {e['load'][1]}"
         )
     if "vs_in_process" in e:
