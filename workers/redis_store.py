@@ -37,6 +37,26 @@ async def _reachable(what: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
 
 
+# KEYS[1] the dedup ZSET; ARGV: base score, window, ids separated by newlines.
+# Scores increase with the offset, so trimming by rank drops the oldest ids.
+_APPEND_IDS = """
+local key, base, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local args, n = {}, 0
+for id in string.gmatch(ARGV[3], "[^\\n]+") do
+  args[#args + 1] = string.format("%d", base + n)
+  args[#args + 1] = id
+  n = n + 1
+  if #args >= 2000 then
+    redis.call("ZADD", key, unpack(args))
+    args = {}
+  end
+end
+if #args > 0 then redis.call("ZADD", key, unpack(args)) end
+redis.call("ZREMRANGEBYRANK", key, 0, -(window + 1))
+return n
+"""
+
+
 def _as_bytes(v: bytes | str) -> bytes:
     return v.encode() if isinstance(v, str) else bytes(v)
 
@@ -96,10 +116,9 @@ class RedisStore:
         async with _reachable("snapshot commit"), self.r.pipeline(transaction=True) as p:
             p.set(self._k("state", topic, partition), snapshot)
             if event_ids:
-                # Scores increase with the offset, so trimming by rank drops the oldest ids.
-                base = offset * 1_000_000
-                p.zadd(dedup, {eid: base + i for i, eid in enumerate(event_ids)})
-                p.zremrangebyrank(dedup, 0, -(self.dedup_window + 1))
+                # One argument instead of 2 per id: redis-py packs each argument in Python
+                # (~2.5 us an id, 20k ids a snapshot); the script splits them server-side.
+                p.eval(_APPEND_IDS, 1, dedup, offset * 1_000_000, self.dedup_window, "\n".join(event_ids))
             now = time.time()
             for name, st in statuses.items():
                 p.set(self._k("learner", name), json.dumps({**st, "snapshot_at": now}, default=str))

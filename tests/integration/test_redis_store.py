@@ -1,0 +1,46 @@
+"""The Redis adapter's snapshot commit and dedup window, against a real Redis server."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis.asyncio as aioredis
+
+from workers.redis_store import RedisStore
+from workers.settings import Settings
+
+
+async def test_commit_appends_ids_in_order_and_trims_to_the_window(settings: Settings) -> None:
+    store = RedisStore(aioredis.Redis.from_url(settings.redis.url), prefix=settings.redis.key_prefix,
+                       dedup_window=5_000)
+    try:
+        first = [str(uuid.uuid4()) for _ in range(3_000)]
+        second = [str(uuid.uuid4()) for _ in range(3_000)]
+        status = {"sea": {"n_learned": 3_000}}
+        await store.commit("fb", 0, snapshot=b"one", offset=2_999, event_ids=first, statuses=status)
+        assert await store.recent_ids("fb", 0) == first
+        await store.commit("fb", 0, snapshot=b"two", offset=5_999, event_ids=second, statuses=status)
+
+        window = await store.recent_ids("fb", 0)
+        assert window == first[1_000:] + second  # the oldest 1,000 went, the order is the commit order
+        assert await store.seen("fb", 0, [first[0], first[1_000], second[-1], "never"]) == [False, True, True, False]
+        assert await store.load("fb", 0) == b"two"
+        assert await store.recent_ids("fb", 1) == []  # windows are per partition
+        [status_read] = await store.learner_statuses()
+        assert status_read["n_learned"] == 3_000 and status_read["snapshot_at"] > 0
+    finally:
+        await store.close()
+
+
+async def test_a_commit_without_ids_keeps_the_window(settings: Settings) -> None:
+    store = RedisStore(aioredis.Redis.from_url(settings.redis.url), prefix=settings.redis.key_prefix,
+                       dedup_window=10)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(4)]
+        await store.commit("fb", 2, snapshot=b"a", offset=3, event_ids=ids, statuses={})
+        await store.commit("fb", 2, snapshot=b"b", offset=3, event_ids=[], statuses={})
+        assert await store.recent_ids("fb", 2) == ids
+        assert await store.load("fb", 2) == b"b"
+        assert await store.learner_statuses() == []
+    finally:
+        await store.close()
