@@ -26,6 +26,7 @@ from schemas import ConversationEvent, DeadLetter, EntityRef, Envelope, Knowledg
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, InvalidEvent, StoreUnavailable
 from streams.config import KafkaConfig
 from streams.feedback import RawRecord, derived_id
+from streams.lifecycle import pause, wait_idle
 from streams.metrics import Metrics, default_metrics
 from streams.producer import route
 from streams.topics import Topics
@@ -210,6 +211,8 @@ class ConversationConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()  # set while run() is not running
+        self._idle.set()
         self._clock = clock
 
     async def start(self) -> None:
@@ -235,7 +238,9 @@ class ConversationConsumer:
         self._stopping.set()
 
     async def stop(self) -> None:
+        """Let run() write and commit the batch in hand, then close the clients."""
         self._stopping.set()
+        await wait_idle(self._idle, "conversation")
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -250,12 +255,18 @@ class ConversationConsumer:
         write discards the prepared batch too and rewinds every assigned partition.
         """
         assert self._consumer is not None and self._producer is not None, "start() first"
+        self._idle.clear()
+        try:
+            await self._run(self._consumer)
+        finally:
+            self._idle.set()
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
         delay = 0.5
         pending: asyncio.Future[None] | None = None  # the previous batch: write, publish, commit
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(timeout_ms=self.batch_timeout_ms,
-                                                     max_records=self.batch_max_records)
+                batch = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.batch_max_records)
                 try:
                     prepared = None
                     if batch:
@@ -276,9 +287,9 @@ class ConversationConsumer:
                             await p
                     self.stats.pauses += 1
                     log.error("knowledge graph write failed (%s); pausing %.1fs, then retrying the batch", exc, delay)
-                    await asyncio.sleep(delay)
+                    await pause(self._stopping, delay)
                     delay = min(delay * 2, 30.0)
-                    await self._rewind(list(self._consumer.assignment()))
+                    await self._rewind(list(consumer.assignment()))
         finally:
             if pending is not None:  # stopping: let the last batch reach the graph and commit
                 with contextlib.suppress(*_PAUSE):

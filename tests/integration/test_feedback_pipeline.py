@@ -6,7 +6,8 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,8 @@ from learners.config import load_learners_file
 from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, RetrainRequest, parse_event
 from streams.admin import ensure_topics
 from streams.consumer import FeedbackConsumer
-from streams.feedback import FeedbackProcessor
+from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
+from streams.ports import RecordLike
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.integration.util import read_topic, wait_for
@@ -47,11 +49,13 @@ class Running:
         return {s["name"]: s for s in await self.store.learner_statuses()}
 
 
-async def start_consumer(settings: Settings, **overrides: object) -> Running:
+async def start_consumer(
+    settings: Settings, processor_class: type[FeedbackProcessor] = FeedbackProcessor, **overrides: object
+) -> Running:
     settings.learners_file.write_text(LEARNERS)
     fb = settings.feedback.model_copy(update=overrides)
     store = RedisStore.from_config(settings.redis, dedup_window=fb.dedup_window)
-    processor = FeedbackProcessor(
+    processor = processor_class(
         learners=load_learners_file(settings.learners_file, required=True),
         store=store, joins=store, source="test", join_ttl_s=fb.join_ttl_s,
         orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max,
@@ -209,3 +213,56 @@ async def test_a_restarted_consumer_resumes_from_its_snapshot(settings: Settings
     await asyncio.sleep(0.5)
     assert (await r.statuses())["sea"]["n_learned"] == 300
     await stop_consumer(r)
+
+
+async def test_a_burst_is_snapshotted_once_the_input_runs_dry(settings: Settings) -> None:
+    # Timer and count far away: only the idle rule can make the burst durable.
+    r = await start_consumer(settings, snapshot_every_s=3600.0, snapshot_every_events=1_000_000)
+    try:
+        events = [FeedbackEvent(learner="sea", features={"a": float(i)}, label=i % 2 == 0, source="t")
+                  for i in range(300)]
+        async with EventProducer(settings.kafka) as p:
+            await p.send_many(events)
+
+        async def durable() -> bool:
+            return (await r.statuses()).get("sea", {}).get("n_learned") == len(events)
+
+        await wait_for(durable, timeout=20, what="a snapshot covering the burst")
+        snapshots = r.consumer.stats.snapshots
+        await asyncio.sleep(0.5)  # idle polls with nothing new write nothing more
+        assert r.consumer.stats.snapshots == snapshots
+    finally:
+        await stop_consumer(r)
+
+
+class GatedProcessor(FeedbackProcessor):
+    """Holds the first batch until released, so a stop can arrive in the middle of one."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
+        self.entered.set()
+        await self.release.wait()
+        return await super().process(state, records)
+
+
+async def test_stop_in_the_middle_of_a_batch_lets_the_loop_finish_and_snapshots(settings: Settings) -> None:
+    r = await start_consumer(settings, processor_class=GatedProcessor, snapshot_every_s=3600.0,
+                             snapshot_every_events=1_000_000)
+    gated = r.consumer.processor
+    assert isinstance(gated, GatedProcessor)
+    async with EventProducer(settings.kafka) as p:
+        await p.send_many(FeedbackEvent(learner="sea", features={"a": float(i)}, label=i % 3 == 0, source="t")
+                          for i in range(500))
+    await asyncio.wait_for(gated.entered.wait(), 30)
+    stopping = asyncio.create_task(r.consumer.stop())  # no request_stop() first: run() must wind down
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # it waits for the batch in hand
+    gated.release.set()
+    await asyncio.wait_for(stopping, 10)
+    await asyncio.wait_for(r.task, 5)  # run() returned, without an exception
+    statuses = await r.statuses()
+    assert statuses["sea"]["n_learned"] == r.consumer.stats.learned > 0  # all it learned is in the snapshot
+    await r.store.close()
