@@ -35,7 +35,7 @@ from learners.models import with_text
 from learners.online import OnlineLearner
 from schemas import FeedbackEvent, parse_event
 from streams.admin import ensure_topics
-from streams.config import KafkaConfig
+from streams.config import FeedbackConfig, KafkaConfig
 from streams.consumer import FeedbackConsumer
 from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
 from streams.ports import RecordLike
@@ -290,6 +290,7 @@ def main(args: argparse.Namespace) -> Result:
         res["bare_river_events_per_s"] = bare_river(stream)
         del stream  # only the bytes stay alive: the phases below should not pay GC for our fixtures
         gc.collect()
+        gc.freeze()  # as the worker does after start-up (streams/app.py); the baseline runs with it too
         bases, runs = [], []
         for _ in range(args.repeat):  # interleaved, best of each: the machine's load drifts during a run
             bases.append(baseline(raws, learners))
@@ -344,7 +345,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--events", type=int, default=100_000, help="events for the throughput phases")
     ap.add_argument("--latency-events", type=int, default=20_000, help="events for the latency phase")
     ap.add_argument("--learner-model", default="logistic_regression", help="binary model of the learner")
-    ap.add_argument("--batch", type=int, default=5000, help="feedback batch_max_records")
+    ap.add_argument("--batch", type=int, default=FeedbackConfig().batch_max_records,
+                    help="feedback batch_max_records")
     ap.add_argument("--rate", type=float, default=5000.0, help="produce rate in the latency phase, events/s")
     ap.add_argument("--repeat", type=int, default=3, help="baseline and in-process whole path: best of N")
     ap.add_argument("--redis-url", help="default: 127.0.0.1:6379 if it answers, else an embedded Redis")

@@ -58,7 +58,11 @@ class FeedbackConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     group_id: str = "learnloop-feedback"
-    batch_max_records: int = Field(default=5_000, ge=1, le=100_000)
+    # At most this many records per ``getmany``. Keep it above what one fetch brings
+    # (max_partition_fetch_bytes / record size: ~11k records of 380 bytes in 4 MiB):
+    # aiokafka fetches a partition again only once its buffered records are all taken,
+    # so a smaller batch leaves the buffer non-empty and the next fetch starts late.
+    batch_max_records: int = Field(default=50_000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(default=50, ge=1, le=60_000)
     # How long the broker may hold a fetch for an idle partition; aiokafka's 500 ms default
     # adds that much latency whenever some assigned partitions are empty.

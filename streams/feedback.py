@@ -147,6 +147,8 @@ class BatchResult:
 class FeedbackProcessor:
     """Turns batches of feedback records into learning, drift events and dead letters."""
 
+    CHUNK = 256
+
     def __init__(
         self,
         *,
@@ -206,8 +208,20 @@ class FeedbackProcessor:
     # -- feedback --------------------------------------------------------------
 
     async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
-        """Process records of one partition, in offset order, updating ``state`` in place."""
+        """Process records of one partition, in offset order, updating ``state`` in place.
+
+        In chunks of ``CHUNK`` records: a decoded event then lives for a few hundred
+        events, not a whole fetch, so it dies young instead of being promoted into
+        the old generation, whose full collections walk the whole heap (they cost
+        about a quarter of the loop when whole batches were decoded up front).
+        """
         result = BatchResult()
+        for i in range(0, len(records), self.CHUNK):
+            await self._process_chunk(state, records[i : i + self.CHUNK], result)
+        self._tally(state, result)
+        return result
+
+    async def _process_chunk(self, state: PartitionState, records: Sequence[RecordLike], result: BatchResult) -> None:
         decoded: list[tuple[RecordLike, FeedbackEvent]] = []
         for r in records:
             if r.offset <= state.offset:
@@ -237,8 +251,6 @@ class FeedbackProcessor:
         for raw, ev in ready:
             self._learn(state, raw, ev, result)
         self._expire_orphans(state, result)
-        self._tally(state, result)
-        return result
 
     async def poll_pending(self, state: PartitionState) -> BatchResult:
         """Retry the join for waiting feedback and expire the overdue (called when idle too)."""
