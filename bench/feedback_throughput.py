@@ -123,7 +123,7 @@ def settings_for(bootstrap: str, redis_url: str, tmp: Path, batch: int, samples:
                           heartbeat_interval_ms=500),
         redis={"url": redis_url, "key_prefix": f"bench:{u}:"},
         feedback={"group_id": f"bench-{u}", "batch_max_records": batch, "store_samples": samples},
-        learners_file=tmp / "learners.toml", data_dir=tmp / f"data-{u}",
+        learners_file=tmp / ("learners-samples.toml" if samples else "learners.toml"), data_dir=tmp / f"data-{u}",
         snapshot={"key": "bench-snapshot-key-0123456789"},
     )
 
@@ -277,12 +277,15 @@ def main(args: argparse.Namespace) -> Result:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="learnloop-bench-")))
         (tmp / "learners.toml").write_text(LEARNERS.format(model=args.learner_model))
+        # Samples are kept only for a learner with a heavy model to rebuild: give it one for the SQL rows.
+        (tmp / "learners-samples.toml").write_text(
+            LEARNERS.format(model=args.learner_model).replace("[learners.sea.drift]", 'retrain_model = "sea-text"\n[learners.sea.drift]'))
         learners = load_learners_file(tmp / "learners.toml", required=True)
         broker = stack.enter_context(EmbeddedBroker())
         redis_url = pick_redis(args.redis_url, stack)
         stack.callback(clean_redis, redis_url, prefixes)
 
-        def fresh(samples: bool = True) -> Settings:
+        def fresh(samples: bool = False) -> Settings:
             s = settings_for(broker.bootstrap_servers, redis_url, tmp, args.batch, samples)
             prefixes.append(s.redis.key_prefix)
             return s
