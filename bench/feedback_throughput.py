@@ -278,8 +278,8 @@ def main(args: argparse.Namespace) -> Result:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="learnloop-bench-")))
         (tmp / "learners.toml").write_text(LEARNERS.format(model=args.learner_model))
         # Samples are kept only for a learner with a heavy model to rebuild: give it one for the SQL rows.
-        (tmp / "learners-samples.toml").write_text(
-            LEARNERS.format(model=args.learner_model).replace("[learners.sea.drift]", 'retrain_model = "sea-text"\n[learners.sea.drift]'))
+        with_retrain = LEARNERS.replace("[learners.sea.drift]", 'retrain_model = "sea-text"\n[learners.sea.drift]')
+        (tmp / "learners-samples.toml").write_text(with_retrain.format(model=args.learner_model))
         learners = load_learners_file(tmp / "learners.toml", required=True)
         broker = stack.enter_context(EmbeddedBroker())
         redis_url = pick_redis(args.redis_url, stack)

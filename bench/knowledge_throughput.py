@@ -39,6 +39,7 @@ from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.embedded import EmbeddedBroker
 from workers.graph.ladybug_store import LadybugGraph
+from workers.settings import GraphConfig
 
 Result = dict[str, Any]
 DEMO = Path(__file__).resolve().parent.parent / "workers" / "data" / "demo_conversations.jsonl"
@@ -184,7 +185,8 @@ async def produce(kafka: KafkaConfig, events: Sequence[ConversationEvent]) -> fl
 async def whole_path(kafka: KafkaConfig, extractor: KnowledgeExtractor, n: int, batch: int, graph_dir: Path) -> Result:
     """A ConversationConsumer in-process (as tests/integration/test_conversation_agent.py wires it)."""
     cfg = extractor.config
-    graph = LadybugGraph(graph_dir, min_support=cfg.min_support, min_confidence=cfg.min_confidence)
+    graph = LadybugGraph(graph_dir, min_support=cfg.min_support, min_confidence=cfg.min_confidence,
+                         threads=GraphConfig().threads)  # as the worker opens it (workers/graph_factory.py)
     graph.stats()  # open and create the schema outside the timed span, as a running worker already has
     processor = TimedProcessor(n=n, extractor=extractor, graph=graph, source="bench")
     consumer = ConversationConsumer(kafka=kafka, group_id=f"{kafka.topic_prefix}group", processor=processor,

@@ -25,4 +25,6 @@ def open_graph(settings: Settings, *, read_only: bool = False) -> CypherGraph:
         )
     from workers.graph.ladybug_store import LadybugGraph
 
-    return LadybugGraph(settings.graph_path, read_only=read_only, **common)  # type: ignore[arg-type]
+    # A read-only open is a CLI query: let it use every core.
+    threads = 0 if read_only else settings.graph.threads
+    return LadybugGraph(settings.graph_path, read_only=read_only, threads=threads, **common)  # type: ignore[arg-type]

@@ -82,6 +82,10 @@ class GraphConfig(BaseModel):
     path: Path | None = Field(default=None, description="embedded graph folder (default: DATA_DIR/graph)")
     retries: int = Field(default=5, ge=0, le=100)
     backoff_s: float = Field(default=0.2, gt=0)
+    # LadybugDB's query threads. The conversation worker writes while spaCy extracts the next
+    # batch on another thread; one engine thread keeps the write from competing with it for cores
+    # (the batch writes are small). 0 lets the engine use every core.
+    threads: int = Field(default=1, ge=0, le=256)
 
 
 class ConversationsConfig(BaseModel):

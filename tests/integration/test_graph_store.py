@@ -82,7 +82,10 @@ def make_graph(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
     def make(**kw: Any) -> CypherGraph:
         kw = {"min_support": 2, "min_confidence": 0.5, "retries": 2, "backoff_s": 0.01, **kw}
-        g: CypherGraph = LadybugGraph(tmp_path / "graph", **kw) if request.param == "ladybug" else neo4j_graph(**kw)
+        # threads=1: as the conversation worker opens it (settings.graph.threads)
+        g: CypherGraph = (
+            LadybugGraph(tmp_path / "graph", threads=1, **kw) if request.param == "ladybug" else neo4j_graph(**kw)
+        )
         made.append(g)
         return g
 

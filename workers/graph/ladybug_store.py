@@ -88,10 +88,12 @@ class LadybugGraph(CypherGraph):
         retries: int = 5,
         backoff_s: float = 0.2,
         read_only: bool = False,
+        threads: int = 0,
     ) -> None:
         super().__init__(min_support=min_support, min_confidence=min_confidence, retries=retries, backoff_s=backoff_s)
         self.path = Path(path)
         self.read_only = read_only
+        self.threads = threads  # the engine's query threads; 0: every core
         self._db: ladybug.Database | None = None
         self._conn: ladybug.Connection | None = None
         self._lock = threading.RLock()
@@ -104,7 +106,7 @@ class LadybugGraph(CypherGraph):
                     raise StoreUnavailable(f"no graph at {file}")
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
-            db = ladybug.Database(str(file), read_only=self.read_only)
+            db = ladybug.Database(str(file), read_only=self.read_only, max_num_threads=self.threads)
             try:
                 conn = ladybug.Connection(db)
                 if not self.read_only:
