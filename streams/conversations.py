@@ -95,7 +95,7 @@ class ConversationProcessor:
         return self.finish(self.prepare(records, stats), stats)
 
     def prepare(self, records: Sequence[Any], stats: ConversationStats) -> Prepared:
-        """Decode, drop what the graph already holds, extract: no graph write, so it may overlap the previous one."""
+        """Decode, extract, drop what the graph already holds: no graph write, so it may overlap the previous one."""
         outputs: list[Envelope] = []
         events: list[ConversationEvent] = []
         for r in records:
@@ -113,16 +113,19 @@ class ConversationProcessor:
         stats.events += len(events)
         topic = records[0].topic if records else ""
         unique = list({str(e.event_id): e for e in events}.values())  # one poll may hold a resend
-        known = self.graph.known_events([str(e.event_id) for e in unique]) if unique else set()
-        fresh = [e for e in unique if str(e.event_id) not in known]
-        stats.redelivered += len(events) - len(fresh)
-        if len(events) > len(fresh):
-            self.metrics.duplicates.labels(topic).inc(len(events) - len(fresh))
-        if not fresh:
-            return Prepared(outputs, [], topic)
-        t0 = time.perf_counter()
-        extractions = self.extractor.extract(fresh)
-        stats.extract_s += time.perf_counter() - t0
+        extractions: list[Extraction] = []
+        if unique:
+            t0 = time.perf_counter()
+            extractions = self.extractor.extract(unique)
+            stats.extract_s += time.perf_counter() - t0
+            # Looked up after extracting, not before: the graph is busy writing the previous batch
+            # meanwhile, and waiting for it here would undo the overlap. What a redelivery costs is
+            # extracting at most the batches whose offsets were not committed yet.
+            known = self.graph.known_events([ex.event_id for ex in extractions])
+            extractions = [ex for ex in extractions if ex.event_id not in known]
+        stats.redelivered += len(events) - len(extractions)
+        if len(events) > len(extractions):
+            self.metrics.duplicates.labels(topic).inc(len(events) - len(extractions))
         return Prepared(outputs, extractions, topic)
 
     def finish(self, prepared: Prepared, stats: ConversationStats) -> list[Envelope]:
