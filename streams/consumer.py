@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -27,7 +26,7 @@ from schemas import Envelope
 from schemas.errors import StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
 from streams.dedup import DedupCache
-from streams.feedback import BatchResult, FeedbackProcessor, LearnedSample, PartitionState
+from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
 from streams.lifecycle import pause, wait_idle
 from streams.metrics import LearnedTally, Metrics, default_metrics
 from streams.ports import PartitionStateStore, SampleSink
@@ -35,29 +34,6 @@ from streams.producer import route
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConsumerStats:
-    """Running totals for metrics and the live view (not crash-consistent; the snapshots are)."""
-
-    batches: int = 0
-    records: int = 0
-    learned: int = 0
-    duplicates: int = 0
-    drifts: int = 0
-    snapshots: int = 0
-    stored: int = 0
-    deadlettered: dict[str, int] = field(default_factory=dict)
-    last_batch_s: float = 0.0
-
-    def add(self, r: BatchResult) -> None:
-        self.learned += r.learned
-        self.stored += len(r.samples)
-        self.duplicates += r.duplicates
-        self.drifts += r.drifts
-        for k, v in r.deadlettered.items():
-            self.deadlettered[k] = self.deadlettered.get(k, 0) + v
 
 
 class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]

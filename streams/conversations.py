@@ -25,7 +25,7 @@ from learners.knowledge.model import Extraction, GraphBatch
 from schemas import ConversationEvent, DeadLetter, EntityRef, Envelope, KnowledgeUpdate, RelationRef, parse_event
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, InvalidEvent, StoreUnavailable
 from streams.config import KafkaConfig
-from streams.feedback import RawRecord, derived_id
+from streams.derived import RawRecord, dead_letter, derived_id
 from streams.lifecycle import pause, wait_idle
 from streams.metrics import Metrics, default_metrics
 from streams.producer import route
@@ -84,11 +84,7 @@ class ConversationProcessor:
         self.metrics = metrics or default_metrics()
 
     def dead_letter(self, raw: RawRecord, exc: BaseException) -> DeadLetter:
-        dl = DeadLetter.from_record(
-            topic=raw.topic, partition=raw.partition, offset=raw.offset, key=raw.key, value=raw.value,
-            error=exc, source=self.source,
-        )
-        return dl.model_copy(update={"event_id": derived_id("deadletter", raw.topic, raw.partition, raw.offset)})
+        return dead_letter(raw, exc, source=self.source)
 
     def process(self, records: Sequence[Any], stats: ConversationStats) -> list[Envelope]:
         """Blocking (spaCy and the graph client are synchronous): run it in a thread."""

@@ -10,60 +10,26 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from learners.config import LearnersConfig, LearnerSpec
 from learners.labels import resolve_target
 from learners.models import with_text
 from learners.online import OnlineLearner
-from schemas import (
-    DataWindow,
-    DeadLetter,
-    DriftEvent,
-    Envelope,
-    FeedbackEvent,
-    PredictionEvent,
-    RetrainRequest,
-    WindowStats,
-    parse_event,
-)
+from schemas import DeadLetter, Envelope, FeedbackEvent, PredictionEvent, parse_event
 from schemas.errors import InvalidEvent
+from streams.derived import RawRecord, dead_letter, derived_id, drift_events
 from streams.ports import JoinStore, PartitionStateStore, RecordLike
 
+__all__ = [
+    "BatchResult", "ConsumerStats", "FeedbackProcessor", "LearnedSample", "PartitionState", "RawRecord", "derived_id",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
-
-# Ids of events we derive (drift, retrain, dead letters) are uuid5 of their
-# cause, so a replay after a crash re-emits the same ids and consumers dedup.
-_NS = uuid.UUID("6f1c9a52-3b7e-4c1d-9a0e-2f4b8d7c6e15")
-
-
-def derived_id(*parts: object) -> uuid.UUID:
-    """Deterministic event id for an event caused by ``parts``.
-
-    >>> derived_id("drift", "sea", 100) == derived_id("drift", "sea", 100)
-    True
-    """
-    return uuid.uuid5(_NS, ":".join(str(p) for p in parts))
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """The bytes and coordinates of a consumed record, kept for dead-lettering."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-    @classmethod
-    def of(cls, r: RecordLike) -> RawRecord:
-        return cls(r.topic, r.partition, r.offset, r.key, r.value)
 
 
 @dataclass
@@ -144,6 +110,29 @@ class BatchResult:
         self.deadlettered[dl.reason] += 1
 
 
+@dataclass
+class ConsumerStats:
+    """Running totals for metrics and the live view (not crash-consistent; the snapshots are)."""
+
+    batches: int = 0
+    records: int = 0
+    learned: int = 0
+    duplicates: int = 0
+    drifts: int = 0
+    snapshots: int = 0
+    stored: int = 0
+    deadlettered: dict[str, int] = field(default_factory=dict)
+    last_batch_s: float = 0.0
+
+    def add(self, r: BatchResult) -> None:
+        self.learned += r.learned
+        self.stored += len(r.samples)
+        self.duplicates += r.duplicates
+        self.drifts += r.drifts
+        for k, v in r.deadlettered.items():
+            self.deadlettered[k] = self.deadlettered.get(k, 0) + v
+
+
 class FeedbackProcessor:
     """Turns batches of feedback records into learning, drift events and dead letters."""
 
@@ -174,17 +163,7 @@ class FeedbackProcessor:
     # -- dead letters --------------------------------------------------------
 
     def dead_letter(self, rec: RecordLike, error: BaseException, reason: str | None = None) -> DeadLetter:
-        dl = DeadLetter.from_record(
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-            key=rec.key,
-            value=rec.value,
-            error=error,
-            source=self.source,
-            reason=reason,
-        )
-        return dl.model_copy(update={"event_id": derived_id("deadletter", rec.topic, rec.partition, rec.offset)})
+        return dead_letter(rec, error, source=self.source, reason=reason)
 
     # -- predictions -----------------------------------------------------------
 
@@ -374,36 +353,7 @@ class FeedbackProcessor:
             )
         if outcome.drift is not None:
             result.drifts += 1
-            result.outputs.extend(self._drift_events(slot.learner, ev, outcome.drift))
-
-    def _drift_events(self, learner: OnlineLearner, ev: FeedbackEvent, d: Any) -> list[Envelope]:
-        drift = DriftEvent(
-            event_id=derived_id("drift", learner.name, d.n_seen),
-            source=self.source,
-            learner=learner.name,
-            detector=d.detector,
-            metric=d.metric,
-            n_seen=d.n_seen,
-            before=WindowStats(n=d.before_n, mean=d.before_mean),
-            after=WindowStats(n=d.after_n, mean=d.after_mean),
-            detected_at=datetime.now(UTC),
-            delta=d.delta,
-        )
-        log.warning(
-            "drift in learner %s at event %d: error %.3f -> %.3f",
-            learner.name, d.n_seen, d.before_mean, d.after_mean,
-        )
-        retrain = RetrainRequest(
-            event_id=derived_id("retrain", learner.name, d.n_seen),
-            request_id=derived_id("retrain-request", learner.name, d.n_seen),
-            source=self.source,
-            model=learner.spec.retrain_model or learner.name,
-            reason="drift",
-            learner=learner.name,
-            drift_event_id=drift.event_id,
-            window=DataWindow(),  # the trainer takes the newest samples when the job starts
-        )
-        return [drift, retrain]
+            result.outputs.extend(drift_events(slot.learner, outcome.drift, source=self.source))
 
     @staticmethod
     def _tally(state: PartitionState, result: BatchResult) -> None:

@@ -1,0 +1,90 @@
+"""Events the loops derive from what they consume: dead letters, drift alarms, retrain requests.
+
+Their ids are uuid5 of their cause, so a replay after a crash re-emits the
+same ids and consumers dedup.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from learners.online import OnlineLearner
+from schemas import DataWindow, DeadLetter, DriftEvent, Envelope, RetrainRequest, WindowStats
+from streams.ports import RecordLike
+
+log = logging.getLogger(__name__)
+
+_NS = uuid.UUID("6f1c9a52-3b7e-4c1d-9a0e-2f4b8d7c6e15")
+
+
+def derived_id(*parts: object) -> uuid.UUID:
+    """Deterministic event id for an event caused by ``parts``.
+
+    >>> derived_id("drift", "sea", 100) == derived_id("drift", "sea", 100)
+    True
+    """
+    return uuid.uuid5(_NS, ":".join(str(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """The bytes and coordinates of a consumed record, kept for dead-lettering."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @classmethod
+    def of(cls, r: RecordLike) -> RawRecord:
+        return cls(r.topic, r.partition, r.offset, r.key, r.value)
+
+
+def dead_letter(rec: RecordLike, error: BaseException, *, source: str, reason: str | None = None) -> DeadLetter:
+    """The dead letter of ``rec`` (its bytes, topic/partition/offset and the error), id derived from its offset."""
+    dl = DeadLetter.from_record(
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        error=error,
+        source=source,
+        reason=reason,
+    )
+    return dl.model_copy(update={"event_id": derived_id("deadletter", rec.topic, rec.partition, rec.offset)})
+
+
+def drift_events(learner: OnlineLearner, d: Any, *, source: str) -> list[Envelope]:
+    """The ``DriftEvent`` and the ``RetrainRequest`` of one drift alarm (``d``: the learner's drift outcome)."""
+    drift = DriftEvent(
+        event_id=derived_id("drift", learner.name, d.n_seen),
+        source=source,
+        learner=learner.name,
+        detector=d.detector,
+        metric=d.metric,
+        n_seen=d.n_seen,
+        before=WindowStats(n=d.before_n, mean=d.before_mean),
+        after=WindowStats(n=d.after_n, mean=d.after_mean),
+        detected_at=datetime.now(UTC),
+        delta=d.delta,
+    )
+    log.warning(
+        "drift in learner %s at event %d: error %.3f -> %.3f", learner.name, d.n_seen, d.before_mean, d.after_mean
+    )
+    retrain = RetrainRequest(
+        event_id=derived_id("retrain", learner.name, d.n_seen),
+        request_id=derived_id("retrain-request", learner.name, d.n_seen),
+        source=source,
+        model=learner.spec.retrain_model or learner.name,
+        reason="drift",
+        learner=learner.name,
+        drift_event_id=drift.event_id,
+        window=DataWindow(),  # the trainer takes the newest samples when the job starts
+    )
+    return [drift, retrain]
