@@ -136,6 +136,16 @@ async def test_too_little_data_fails_the_job_and_promotes_nothing(rig: Rig) -> N
     assert rig.registry.versions("answers-text") == []
 
 
+async def test_no_samples_at_all_says_where_samples_come_from(rig: Rig) -> None:
+    rig.store.add_many(sentiment_samples(150, learner="someone-else"))  # another learner's samples do not count
+    outcome = await rig.run_one(rig.trainer(), request())
+    assert outcome["status"] == "failed"
+    error = str(outcome["error"])
+    assert "no samples in the window for learner(s) answers" in error
+    assert "retrain_model" in error and "store_samples" in error
+    assert rig.registry.versions("answers-text") == []
+
+
 async def test_a_candidate_no_better_than_the_champion_stays_challenger(rig: Rig) -> None:
     rig.store.add_many(sentiment_samples(400))
     first = await rig.run_one(rig.trainer(), request())

@@ -21,7 +21,7 @@ from learners.evaluation import EvalReport, evaluate, gate, grade, quantization_
 from learners.finetune import FineTuneConfig, TextData, fine_tune
 from learners.textclf import TextClassifier, quantize_dynamic
 from schemas import ModelUpdate
-from workers.store.datasets import Dataset, build_dataset, split
+from workers.store.datasets import Dataset, DatasetInvalid, build_dataset, split
 from workers.store.feedback import FeedbackStore
 from workers.store.jobs import job_window
 from workers.store.models import TrainingJob
@@ -67,6 +67,13 @@ class TrainingPipeline:
         last_n = window.last_n or (None if window.start else self.config.last_n)
         learners = list(job.learners or [job.model])
         samples = self.store.window(learners, start=window.start, end=window.end, last_n=last_n)
+        if not samples:
+            raise DatasetInvalid(
+                f"no samples in the window for learner(s) {', '.join(learners)}: the feedback worker stores "
+                "samples only for learners whose entry in the learners file names a retrain_model "
+                "(and only with feedback.store_samples on)",
+                report={"n_input": 0, "n_samples": 0, "learners": learners},
+            )
         return build_dataset(samples, min_samples=self.config.min_samples, min_per_class=self.config.min_per_class)
 
     def run(
