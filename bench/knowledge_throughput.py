@@ -8,7 +8,9 @@ Phases, in one run and on the same turns (best of ``--repeat``, interleaved):
 - baseline: ``list(nlp.pipe(texts))`` with the very pipeline the extractor loaded (the limit);
 - extraction: ``KnowledgeExtractor.extract`` in chunks of ``--batch`` (what one consumer batch does);
 - whole path: the turns pre-produced to a real broker (Tansu), then a ``ConversationConsumer`` in-process
-  with a real extractor and a LadybugDB graph in a temporary folder, until every turn is in the graph.
+  with a real extractor and a LadybugDB graph in a temporary folder, until every turn is in the graph;
+- worker process (once): ``learnloop worker conversations`` on the same turns, timed by its
+  ``KnowledgeUpdate`` events (``bench/knowledge_worker.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.knowledge_worker import run_worker
 from learners.knowledge.config import GazetteerEntry, NlpConfig
 from learners.knowledge.extraction import KnowledgeExtractor
 from schemas import ConversationEvent, Envelope
@@ -253,6 +256,12 @@ def main(args: argparse.Namespace) -> Result:
                                 session_timeout_ms=2000, heartbeat_interval_ms=500)
             res["produce_turns_per_s"] = max(res.get("produce_turns_per_s", 0.0), asyncio.run(produce(kafka, events)))
             runs.append(asyncio.run(whole_path(kafka, extractor, n, batch, tmp / f"graph-{i}")))
+        if not args.skip_worker:  # once, after the interleaved phases: it is a process of its own
+            kafka = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"kw{uuid.uuid4().hex[:10]}.",
+                                session_timeout_ms=2000, heartbeat_interval_ms=500)
+            asyncio.run(produce(kafka, events))
+            res["worker"] = asyncio.run(run_worker(kafka, n, data_dir=tmp / "worker", batch=batch,
+                                                   gazetteer=cfg.gazetteer, log=tmp / "worker.log"))
     base_s, base_cpu = min(bases)
     ext_s, ext_cpu, ext_entities = min(extracts)
     res["baseline"] = {"turns_per_s": n / base_s, "words_per_s": words / base_s, "cpu_s": base_cpu,
@@ -284,6 +293,10 @@ def table(r: Result) -> Iterator[str]:
              r["extraction"]["entities_per_s"]),
             ("whole path: 1st batch -> last turn in the graph", w["turns_per_s"], w["entities_per_s"]),
             ("whole path: consumer start() -> last turn in the graph", w["with_join_turns_per_s"], None)]
+    if "worker" in r:
+        rows += [("worker process: 1st KnowledgeUpdate batch -> last", r["worker"]["turns_per_s"], None),
+                 ("worker process: process start -> last KnowledgeUpdate", r["worker"]["with_start_turns_per_s"],
+                  None)]
     for name, v, e in rows:
         yield f"{name:<62}{v:>9,.0f}{'' if e is None else f'{e:,.0f}':>9}{v / base:>7.2f}"
     yield f"produce (EventProducer.send_many, acks=all): {r['produce_turns_per_s']:,.0f} turns/s"
@@ -303,6 +316,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--turns", type=int, default=2000, help="conversation turns")
     ap.add_argument("--batch", type=int, default=256, help="conversation consumer batch_max_records")
     ap.add_argument("--repeat", type=int, default=2, help="each phase, interleaved: best of N")
+    ap.add_argument("--skip-worker", action="store_true", help="skip the worker-process phase")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     a = ap.parse_args(argv)
     if a.turns < 1 or a.batch < 1 or a.repeat < 1:
