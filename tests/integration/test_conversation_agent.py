@@ -17,7 +17,8 @@ from streams.admin import ensure_topics
 from streams.conversations import ConversationConsumer, ConversationProcessor
 from streams.producer import EventProducer
 from streams.topics import Topics
-from tests.integration.util import read_topic, wait_for
+from tests.conftest import worker_env
+from tests.integration.util import cli_json, read_topic, start_worker, stop_worker, wait_for
 from workers.graph.ladybug_store import DB_FILE, LadybugGraph
 from workers.settings import Settings
 
@@ -155,3 +156,26 @@ async def test_graph_outage_pauses_the_agent_and_loses_nothing(
     assert graph.stats()["events"] == len(events)
     bob = graph.entity("Bob Smith")
     assert bob is not None and bob["mentions"] == 2
+
+
+async def test_the_worker_process_end_to_end(settings: Settings, tmp_path: Path) -> None:
+    # `learnloop worker conversations` as users run it: the graph from the settings (DATA_DIR/graph),
+    # KnowledgeUpdates out, a read-only CLI next to the running worker, a clean exit on SIGTERM.
+    events = conversation("c1") + conversation("c2")
+    await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
+    async with EventProducer(settings.kafka) as p:
+        await p.send_many(events)
+    env = {**worker_env(settings), "LEARNLOOP_METRICS__PORT": "0",
+           "LEARNLOOP_CONVERSATIONS__GROUP_ID": f"{settings.feedback.group_id}-conv-worker"}
+    worker = start_worker(env, tmp_path / "worker.log", kind="conversations")
+    try:
+        updates = await read_topic(settings.kafka, Topics(settings.kafka.topic_prefix).knowledge,
+                                   expect=len(events), timeout=90)
+        assert sorted(str(parse_event(r.value, KnowledgeUpdate).source_event_id)  # type: ignore[attr-defined]
+                      for r in updates) == sorted(str(e.event_id) for e in events)
+        stats = cli_json(env, "graph", "stats", "--json")  # read-only, while the worker holds the graph
+        assert (stats["events"], stats["conversations"]) == (len(events), 2)
+        assert stats["validated_relations"] >= 1 and stats["by_label"]["PERSON"] >= 2
+    finally:
+        assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert (settings.data_dir / "graph" / DB_FILE).exists()
