@@ -9,11 +9,9 @@ app that made it, not in a dead-letter topic).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 
@@ -30,6 +28,7 @@ from schemas import (
     parse_event,
 )
 from streams.config import KafkaConfig
+from streams.loopthread import LoopThread
 from streams.topics import Topics
 
 EventLike = Envelope | Mapping[str, Any] | bytes | str
@@ -150,6 +149,9 @@ class EventProducer:
         await self._drain()
 
 
+T = TypeVar("T")
+
+
 class SyncEventProducer:
     """Blocking wrapper around :class:`EventProducer` for scripts and threaded apps.
 
@@ -157,44 +159,37 @@ class SyncEventProducer:
     """
 
     def __init__(self, kafka: KafkaConfig, *, topics: Topics | None = None, acks: int | str = "all") -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="learnloop-producer", daemon=True)
-        self._thread.start()
+        self._runner = LoopThread("learnloop-producer")
         self._async = EventProducer(kafka, topics=topics, acks=acks)
         try:
             self._call(self._async.start())
         except BaseException:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._runner.stop()
             raise
 
-    def _call(self, coro: Any) -> Any:
-        fut: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result()
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._runner.call(coro)
 
     @property
     def topics(self) -> Topics:
         return self._async.topics
 
     def send(self, item: EventLike) -> Envelope:
-        return self._call(self._async.send(item))  # type: ignore[no-any-return]
+        return self._call(self._async.send(item))
 
     def send_many(self, items: Iterable[EventLike]) -> list[Envelope]:
-        return self._call(self._async.send_many(list(items)))  # type: ignore[no-any-return]
+        return self._call(self._async.send_many(list(items)))
 
     def flush(self) -> None:
         self._call(self._async.flush())
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._runner.closed:
             return
         try:
             self._call(self._async.stop())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._runner.stop()
 
     def __enter__(self) -> SyncEventProducer:
         return self

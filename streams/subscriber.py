@@ -14,7 +14,6 @@ fails to load is logged while the loaded one keeps serving.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -31,6 +30,7 @@ from aiokafka.errors import KafkaError
 from schemas import InvalidEvent, ModelUpdate, parse_event
 from schemas.errors import LearnloopError
 from streams.config import KafkaConfig
+from streams.loopthread import LoopThread
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -346,18 +346,15 @@ class SyncModelSubscriber:
             on_swap=on_swap,
             max_fallbacks=max_fallbacks,
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="learnloop-subscriber", daemon=True)
-        self._thread.start()
+        self._runner = LoopThread("learnloop-subscriber")
         try:
             self._call(self._async.start())
         except BaseException:
-            self._shutdown_loop()
+            self._runner.stop()
             raise
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result()
+        return self._runner.call(coro)
 
     @property
     def subscriber(self) -> ModelSubscriber:
@@ -376,17 +373,12 @@ class SyncModelSubscriber:
         return self._async.current(model)
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._runner.closed:
             return
         try:
             self._call(self._async.stop())
         finally:
-            self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
+            self._runner.stop()
 
     def __enter__(self) -> SyncModelSubscriber:
         return self
