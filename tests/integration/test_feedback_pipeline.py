@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +17,16 @@ from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, Retr
 from streams.admin import ensure_topics
 from streams.consumer import FeedbackConsumer
 from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
-from streams.ports import RecordLike
+from streams.ports import RecordLike, SampleSink
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.integration.util import read_topic, wait_for
 from workers.redis_store import RedisStore
+from workers.sample_sink import SqlSampleSink
 from workers.settings import Settings
+from workers.store.engine import make_engine
+from workers.store.feedback import FeedbackStore
+from workers.store.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +55,10 @@ class Running:
 
 
 async def start_consumer(
-    settings: Settings, processor_class: type[FeedbackProcessor] = FeedbackProcessor, **overrides: object
+    settings: Settings,
+    processor_class: type[FeedbackProcessor] = FeedbackProcessor,
+    samples: SampleSink | None = None,
+    **overrides: object,
 ) -> Running:
     settings.learners_file.write_text(LEARNERS)
     fb = settings.feedback.model_copy(update=overrides)
@@ -62,7 +70,7 @@ async def start_consumer(
     )
     consumer = FeedbackConsumer(
         kafka=settings.kafka, config=fb, processor=processor, store=store,
-        snapshot_key=settings.snapshot.key.get_secret_value().encode(),
+        snapshot_key=settings.snapshot.key.get_secret_value().encode(), samples=samples,
     )
     await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
     await consumer.start()
@@ -266,3 +274,35 @@ async def test_stop_in_the_middle_of_a_batch_lets_the_loop_finish_and_snapshots(
     statuses = await r.statuses()
     assert statuses["sea"]["n_learned"] == r.consumer.stats.learned > 0  # all it learned is in the snapshot
     await r.store.close()
+
+
+async def test_learned_events_of_a_retrain_learner_are_stored_as_samples(settings: Settings, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    store = FeedbackStore(engine)
+    r = await start_consumer(settings, samples=SqlSampleSink(store))
+    try:
+        sea = [FeedbackEvent(learner="sea", features={"a": float(i)}, label=i % 2 == 0, source="t") for i in range(40)]
+        rated = [FeedbackEvent(learner="rated", text=f"answer {i}", rating=float(i % 5), source="t") for i in range(10)]
+        pred = PredictionEvent(learner="sea", prediction_id="p-1", features={"a": 7.5}, text="from the prediction",
+                               model_version="v1", source="t")
+        joined = FeedbackEvent(learner="sea", prediction_id="p-1", label=True, source="t")
+        async with EventProducer(settings.kafka) as p:
+            await p.send_many([pred, *sea, *rated, joined])
+
+        async def learned() -> bool:
+            st = await r.statuses()
+            return st.get("sea", {}).get("n_learned") == len(sea) + 1 and st.get("rated", {}).get("n_learned") == 10
+
+        await wait_for(learned, what="every event learned and snapshotted")
+        # Only "sea" names a retrain_model: "rated" keeps no samples. A snapshot never covers unstored samples.
+        assert (store.count(["sea"]), store.count(["rated"])) == (len(sea) + 1, 0)
+        by_id = {s.event_id: s for s in store.window(["sea"])}
+        first = by_id[str(sea[0].event_id)]
+        assert (first.features, first.label, first.channel, first.source) == ({"a": 0.0}, True, "explicit", "t")
+        got = by_id[str(joined.event_id)]  # stored as learned: with the prediction's input
+        assert (got.features, got.text, got.label) == ({"a": 7.5}, "from the prediction", True)
+    finally:
+        await stop_consumer(r)
+        engine.dispose()

@@ -262,3 +262,19 @@ def test_two_stores_writing_the_same_events_store_them_once(db_url: str) -> None
 
 def test_doctests() -> None:
     assert doctest.testmod(feedback).failed == 0
+
+
+def test_a_sample_like_value_without_input_is_refused(store: FeedbackStore) -> None:
+    # The feedback loop hands its LearnedSample objects over as they are (no SampleIn copy).
+    from streams.feedback import LearnedSample
+
+    def learned(event_id: str, **kw: object) -> LearnedSample:
+        base: dict[str, object] = {"event_id": event_id, "learner": "l", "subject_id": None, "text": None,
+                                   "features": None, "label": True, "weight": 1.0, "channel": "explicit",
+                                   "source": "web", "occurred_at": T0}
+        return LearnedSample(**{**base, **kw})  # type: ignore[arg-type]
+
+    assert store.add_many([learned("x", features={"a": 1.0}), learned("y", text="hi")]) == 2
+    with pytest.raises(ValueError, match="sample z: needs text or features"):
+        store.add_many([learned("z")])
+    assert store.count(["l"]) == 2  # the refused batch wrote nothing

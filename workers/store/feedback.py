@@ -18,9 +18,9 @@ from sqlalchemy import Connection, Engine, RowMapping, func, select
 from schemas.envelope import utc_now
 from workers.store.engine import available, writer
 from workers.store.models import FeedbackSample
-from workers.store.samples import Sample, SampleIn
+from workers.store.samples import Sample, SampleIn, SampleLike
 
-__all__ = ["FeedbackStore", "Sample", "SampleIn"]
+__all__ = ["FeedbackStore", "Sample", "SampleIn", "SampleLike"]
 
 COLUMNS = (
     "event_id", "learner", "subject_id", "text", "features", "label", "weight", "channel", "source",
@@ -57,7 +57,9 @@ class _Encoder:
         dt = dt.astimezone(UTC)
         return dt.replace(tzinfo=None).isoformat(" ", "microseconds") if self.naive_text else dt
 
-    def row(self, s: SampleIn, stored_at: Any) -> tuple[Any, ...]:
+    def row(self, s: SampleLike, stored_at: Any) -> tuple[Any, ...]:
+        if s.text is None and s.features is None:
+            raise ValueError(f"sample {s.event_id}: needs text or features")
         label = _LABELS.get(s.label) if isinstance(s.label, bool) else None
         return (
             s.event_id, s.learner, s.subject_id, s.text,
@@ -92,7 +94,7 @@ class FeedbackStore:
         with available(what), (self._writer if write else self.engine).begin() as conn:
             yield conn
 
-    def add_many(self, samples: Sequence[SampleIn]) -> int:
+    def add_many(self, samples: Sequence[SampleLike]) -> int:
         """Store the samples whose event ids are new; return how many were.
 
         >>> from datetime import datetime, timezone

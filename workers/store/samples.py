@@ -8,11 +8,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from schemas import FeedbackEvent
 
 FeatureValue = bool | int | float | str
 LabelValue = bool | int | float | str
+
+
+class SampleLike(Protocol):
+    """What the store reads of a sample to write: a :class:`SampleIn`, or the feedback loop's own
+    ``LearnedSample`` as it is (no copy on the hot path)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def learner(self) -> str: ...
+    @property
+    def label(self) -> LabelValue: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def subject_id(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def features(self) -> Mapping[str, FeatureValue] | None: ...
+    @property
+    def weight(self) -> float: ...
+    @property
+    def channel(self) -> str: ...
 
 
 @dataclass(frozen=True, kw_only=True)
