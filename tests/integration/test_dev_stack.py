@@ -79,3 +79,16 @@ def test_dev_runs_the_stack_learns_what_is_produced_and_stops_on_ctrl_c(tmp_path
     assert "stopped" in out
     assert not (tmp_path / ".learnloop" / "dev.env").exists()  # nothing left pointing at a dead stack
     assert not [pid for pid in children if alive(pid)], "a process of the stack outlived it"
+
+
+def test_demo_replays_a_drifting_stream_and_reports_what_it_learned(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
+    env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "LEARNLOOP_METRICS__PORT": "0"})
+    res = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--no-live", "--events", "6000", "--rate", "0"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    done = [line for line in res.stdout.splitlines() if line.startswith("done:")]
+    assert done and done[0].startswith("done: 12,000 events learned"), res.stdout[-2000:]  # two learners
+    assert "dead-lettered; stack stopped" in done[0]
+    assert "conversation turns mined" in res.stdout
+    assert not (tmp_path / ".learnloop" / "dev.env").exists()
