@@ -1,12 +1,15 @@
-"""`learnloop worker feedback` as a real process: end-to-end equality with River, and SIGKILL."""
+"""`learnloop worker feedback` as a real process: end-to-end equality with River, SIGKILL, a Redis crash."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from schemas import FeedbackEvent
 from streams.admin import ensure_topics
@@ -15,6 +18,7 @@ from streams.topics import Topics
 from tests.conftest import worker_env
 from tests.integration.util import cli_json, start_worker, stop_worker, wait_for
 from tests.reference import river_reference, sea_with_switch
+from workers.embedded import _redis_binary, free_port
 from workers.redis_store import RedisStore
 from workers.settings import Settings
 
@@ -101,6 +105,59 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         stop_worker(worker)
     assert kills == 2
     assert_matches_reference(status, stream)
+
+
+def redis_with_aof(port: int, data: Path) -> subprocess.Popen[bytes]:
+    """A Redis server that fsyncs every write to its append-only file, so a crash loses no commit."""
+    return subprocess.Popen(
+        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+         "--appendfsync", "always", "--dir", str(data)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def _pong(store: RedisStore) -> bool:
+    try:
+        return await store.ping()
+    except Exception:
+        return False
+
+
+async def test_a_redis_crash_pauses_the_worker_and_loses_nothing(settings: Settings, tmp_path: Path) -> None:
+    settings.learners_file.write_text(LEARNERS)
+    port, data = free_port(), tmp_path / "redis"
+    data.mkdir()
+    redis_proc = redis_with_aof(port, data)
+    url = f"redis://127.0.0.1:{port}/0"
+    store = RedisStore(aioredis.Redis.from_url(url), prefix=settings.redis.key_prefix)
+    stream = sea_with_switch(3000, 3000)
+    events = [FeedbackEvent(learner="sea", features=x, label=y, source="test") for x, y in stream]
+    env = {**worker_env(settings), "LEARNLOOP_REDIS__URL": url, "LEARNLOOP_FEEDBACK__BATCH_MAX_RECORDS": "250",
+           "LEARNLOOP_FEEDBACK__SNAPSHOT_EVERY_EVENTS": "1000"}
+    log = tmp_path / "worker.log"
+    try:
+        await wait_for(lambda: _pong(store), timeout=10, what="Redis up")
+        await produce(settings, events[:3000])
+        worker = start_worker(env, log)
+        try:
+            await wait_for(lambda: _above(store, 1000), timeout=120, every=0.01, what="learning under way")
+            redis_proc.kill()  # Redis crashes mid-stream
+            redis_proc.wait(10)
+            await produce(settings, events[3000:])  # and more arrives while it is down
+            await asyncio.sleep(3)
+            assert worker.poll() is None, log.read_text()[-3000:]  # paused, not dead
+            redis_proc = redis_with_aof(port, data)  # back, with every commit it acknowledged
+            await wait_for(lambda: _pong(store), timeout=10, what="Redis back")
+            await wait_for(lambda: _at(store, len(events)), timeout=120, what="all events learned")
+            [status] = cli_json(env, "learners", "--json")
+        finally:
+            assert stop_worker(worker) == 0, log.read_text()[-3000:]
+    finally:
+        await store.close()
+        redis_proc.kill()
+        redis_proc.wait(10)
+    assert "resuming from the last snapshot (nothing is lost)" in log.read_text()
+    assert_matches_reference(status, stream)  # learned once each, in order: as if Redis had never failed
 
 
 async def _above(store: RedisStore, n: int) -> bool:
