@@ -72,6 +72,10 @@ class FeedbackConfig(BaseModel):
     # is written atomically at most this often; a crash replays from the last one.
     snapshot_every_events: int = Field(default=20_000, ge=1)
     snapshot_every_s: float = Field(default=2.0, gt=0)
+    # When a poll comes back empty, snapshot what is not yet snapshotted if the last snapshot is at
+    # least this old: a burst is durable soon after it ends, and sparse traffic (a few records, then an
+    # empty poll) does not write a snapshot per record, which matters for large models.
+    snapshot_idle_s: float = Field(default=0.5, ge=0)
     dedup_window: int = Field(default=200_000, ge=1, description="event ids remembered per partition")
     join_ttl_s: int = Field(default=86_400, ge=1, description="how long a prediction waits for its feedback")
     orphan_wait_s: float = Field(default=60.0, ge=0, description="how long feedback waits for its prediction")

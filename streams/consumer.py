@@ -303,16 +303,17 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         await asyncio.gather(*futures)
 
     async def _maybe_commit(self, *, idle: bool = False) -> None:
-        """Snapshot every ``snapshot_every_events`` or ``snapshot_every_s``, and as soon as the input runs dry.
+        """Snapshot every ``snapshot_every_events`` or ``snapshot_every_s``, and when the input runs dry.
 
-        The idle case makes a burst durable (and visible to status readers) one
-        ``batch_timeout_ms`` after its last record instead of up to
-        ``snapshot_every_s`` later; under steady load a poll is rarely empty.
+        The idle case (an empty poll, the last snapshot at least ``snapshot_idle_s`` old) makes a
+        burst durable, and visible to status readers, soon after its last record instead of up to
+        ``snapshot_every_s`` later. Under steady load a poll is rarely empty.
         """
         pending = self._since_snapshot or self._prediction_positions
+        age = time.monotonic() - self._last_snapshot
         due_events = self._since_snapshot >= self.config.snapshot_every_events
-        due_time = time.monotonic() - self._last_snapshot >= self.config.snapshot_every_s
-        if due_events or (pending and (due_time or idle)):
+        due_time = age >= self.config.snapshot_every_s or (idle and age >= self.config.snapshot_idle_s)
+        if due_events or (pending and due_time):
             await self._commit_all()
 
     async def _commit_all(self) -> None:

@@ -256,6 +256,27 @@ class GatedProcessor(FeedbackProcessor):
         return await super().process(state, records)
 
 
+async def test_sparse_traffic_does_not_write_a_snapshot_per_record(settings: Settings) -> None:
+    r = await start_consumer(settings, snapshot_every_s=3600.0, snapshot_every_events=1_000_000, snapshot_idle_s=1.0)
+    try:
+        await wait_for(lambda: asyncio.sleep(0, bool(r.consumer.states)), what="partitions assigned")
+        before = r.consumer.stats.snapshots
+        async with EventProducer(settings.kafka) as p:
+            for i in range(20):  # one record, then empty polls, twenty times over about 2 s
+                await p.send(FeedbackEvent(learner="sea", features={"a": float(i)}, label=i % 2 == 0, source="t"))
+                await p.flush()
+                await asyncio.sleep(0.1)
+
+        async def durable() -> bool:
+            return (await r.statuses()).get("sea", {}).get("n_learned") == 20
+
+        await wait_for(durable, timeout=20, what="the last record snapshotted")
+        # Every empty poll found something unsnapshotted, but snapshots stay at most one a second.
+        assert 1 <= r.consumer.stats.snapshots - before <= 4
+    finally:
+        await stop_consumer(r)
+
+
 async def test_stop_in_the_middle_of_a_batch_lets_the_loop_finish_and_snapshots(settings: Settings) -> None:
     r = await start_consumer(settings, processor_class=GatedProcessor, snapshot_every_s=3600.0,
                              snapshot_every_events=1_000_000)
