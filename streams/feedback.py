@@ -159,6 +159,7 @@ class FeedbackProcessor:
         self.orphan_max = orphan_max
         self.clock = clock
         self.collect_samples = True  # the consumer turns this off when nothing stores samples
+        self._recent: dict[tuple[str, int], tuple[list[str], set[str]]] = {}
 
     # -- dead letters --------------------------------------------------------
 
@@ -249,7 +250,7 @@ class FeedbackProcessor:
     ) -> list[tuple[RecordLike, FeedbackEvent]]:
         if not decoded:
             return []
-        recent = set(state.uncommitted_ids)
+        recent = self._recent_ids(state)
         ids = [str(ev.event_id) for _, ev in decoded]
         to_ask = [i for i in dict.fromkeys(ids) if i not in recent]
         known = dict(zip(to_ask, await self.store.seen(state.topic, state.partition, to_ask), strict=True))
@@ -262,6 +263,18 @@ class FeedbackProcessor:
             state.uncommitted_ids.append(eid)
             fresh.append((raw, ev))
         return fresh
+
+    def _recent_ids(self, state: PartitionState) -> set[str]:
+        """``state.uncommitted_ids`` as a set, kept from chunk to chunk and batch to batch.
+
+        Rebuilding it for every chunk cost a copy of up to a snapshot's worth of ids each time. It is
+        rebuilt only when the list was replaced (a commit takes it, a failed commit gives it back).
+        """
+        key = (state.topic, state.partition)
+        ids, cached = state.uncommitted_ids, self._recent.get(key)
+        if cached is None or cached[0] is not ids or len(cached[1]) != len(ids):
+            cached = self._recent[key] = (ids, set(ids))
+        return cached[1]
 
     async def _release_joined(
         self, state: PartitionState, result: BatchResult

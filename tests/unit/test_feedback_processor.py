@@ -240,6 +240,23 @@ async def test_duplicate_across_batches_is_dropped_before_commit() -> None:
     assert r.state.uncommitted_ids == [str(ev.event_id)]
 
 
+async def test_duplicates_across_chunks_and_a_failed_commit_are_still_dropped() -> None:
+    r = rig()
+    chunk = r.processor.CHUNK
+    events = [feedback() for _ in range(chunk + 10)]
+    # The first event again in the second chunk of the same batch, and in the next batch.
+    result = await r.processor.process(r.state, records([*events, events[0]]))
+    assert (result.learned, result.duplicates) == (chunk + 10, 1)
+    result = await r.processor.process(r.state, records([events[1]], start=chunk + 11))
+    assert (result.learned, result.duplicates) == (0, 1)
+    # A commit that fails hands the ids back in a new list, as the consumer does.
+    ids, r.state.uncommitted_ids = r.state.uncommitted_ids, []
+    r.state.uncommitted_ids = ids + r.state.uncommitted_ids
+    result = await r.processor.process(r.state, records([events[2], feedback()], start=chunk + 12))
+    assert (result.learned, result.duplicates) == (1, 1)
+    assert len(r.state.uncommitted_ids) == len(set(r.state.uncommitted_ids)) == chunk + 11
+
+
 async def test_duplicate_after_commit_is_dropped_by_the_store() -> None:
     r = rig()
     ev = feedback()
