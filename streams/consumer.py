@@ -27,7 +27,7 @@ from schemas.errors import StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
 from streams.dedup import DedupCache
 from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
-from streams.lifecycle import pause, wait_idle
+from streams.lifecycle import Lifecycle
 from streams.metrics import LearnedTally, Metrics, default_metrics
 from streams.ports import PartitionStateStore, SampleSink
 from streams.producer import route
@@ -68,9 +68,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._idle = asyncio.Event()  # set while run() is not running
-        self._idle.set()
+        self._life = Lifecycle("feedback")
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._last_progress = 0.0
@@ -103,12 +101,12 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("feedback consumer started (group %s)", self.config.group_id)
 
     def request_stop(self) -> None:
-        self._stopping.set()
+        self._life.request_stop()
 
     async def stop(self) -> None:
         """Let run() finish its batch, snapshot every owned partition, then leave the group."""
-        self._stopping.set()
-        await wait_idle(self._idle, "feedback")
+        self._life.request_stop()
+        await self._life.wait_stopped()
         async with self._lock:
             if self._consumer is not None and self.states and not self._dirty:
                 await self._commit_all()
@@ -186,15 +184,12 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def run(self) -> None:
         """Consume until asked to stop. Infrastructure failures rewind to the last snapshot and retry."""
-        self._idle.clear()
-        try:
+        with self._life.running():
             await self._run()
-        finally:
-            self._idle.set()
 
     async def _run(self) -> None:
         delay = 0.5
-        while not self._stopping.is_set():
+        while not self._life.stopping:
             try:
                 batch = await self.consumer.getmany(
                     timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_max_records
@@ -206,10 +201,10 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 delay = 0.5
             except (TimeoutError, StoreUnavailable, KafkaError, OSError) as exc:
                 self._dirty = True
-                if self._stopping.is_set():
+                if self._life.stopping:
                     break  # stop() snapshots nothing while dirty; the next owner resumes from the last snapshot
                 log.error("%s; pausing %.1fs, then resuming from the last snapshot (nothing is lost)", exc, delay)
-                await pause(self._stopping, delay)
+                await self._life.pause(delay)
                 delay = min(delay * 2, 30.0)
                 with contextlib.suppress(StoreUnavailable, KafkaError, OSError, asyncio.TimeoutError):
                     await self._rewind()

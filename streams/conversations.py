@@ -26,7 +26,7 @@ from schemas import ConversationEvent, DeadLetter, EntityRef, Envelope, Knowledg
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, InvalidEvent, StoreUnavailable
 from streams.config import KafkaConfig
 from streams.derived import RawRecord, dead_letter, derived_id
-from streams.lifecycle import pause, wait_idle
+from streams.lifecycle import Lifecycle
 from streams.metrics import Metrics, default_metrics
 from streams.producer import route
 from streams.topics import Topics
@@ -209,9 +209,7 @@ class ConversationConsumer:
         self.metrics = processor.metrics
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._stopping = asyncio.Event()
-        self._idle = asyncio.Event()  # set while run() is not running
-        self._idle.set()
+        self._life = Lifecycle("conversation")
         self._clock = clock
 
     async def start(self) -> None:
@@ -234,12 +232,12 @@ class ConversationConsumer:
         log.info("conversation consumer started (group %s)", self.group_id)
 
     def request_stop(self) -> None:
-        self._stopping.set()
+        self._life.request_stop()
 
     async def stop(self) -> None:
         """Let run() write and commit the batch in hand, then close the clients."""
-        self._stopping.set()
-        await wait_idle(self._idle, "conversation")
+        self._life.request_stop()
+        await self._life.wait_stopped()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -254,17 +252,14 @@ class ConversationConsumer:
         write discards the prepared batch too and rewinds every assigned partition.
         """
         assert self._consumer is not None and self._producer is not None, "start() first"
-        self._idle.clear()
-        try:
+        with self._life.running():
             await self._run(self._consumer)
-        finally:
-            self._idle.set()
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         delay = 0.5
         pending: asyncio.Future[None] | None = None  # the previous batch: write, publish, commit
         try:
-            while not self._stopping.is_set():
+            while not self._life.stopping:
                 batch = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.batch_max_records)
                 try:
                     prepared = None
@@ -286,7 +281,7 @@ class ConversationConsumer:
                             await p
                     self.stats.pauses += 1
                     log.error("knowledge graph write failed (%s); pausing %.1fs, then retrying the batch", exc, delay)
-                    await pause(self._stopping, delay)
+                    await self._life.pause(delay)
                     delay = min(delay * 2, 30.0)
                     await self._rewind(list(consumer.assignment()))
         finally:

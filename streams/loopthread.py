@@ -1,4 +1,4 @@
-"""A private asyncio loop in a daemon thread, for the blocking wrappers of the SDK."""
+"""A private asyncio loop in a daemon thread, and the base of the SDK's blocking wrappers on it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -43,3 +44,45 @@ class LoopThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+
+class AsyncClient(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=AsyncClient)
+
+
+class BlockingClient(Generic[C]):
+    """Base of the SDK's blocking wrappers: an asyncio client started and driven on a LoopThread of its own."""
+
+    def __init__(self, client: C, thread_name: str) -> None:
+        self._async = client
+        self._runner = LoopThread(thread_name)
+        try:
+            self._call(client.start())
+        except BaseException:
+            self._runner.stop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._runner.call(coro)
+
+    def close(self) -> None:
+        """Stop the client, then the loop thread (a second call does nothing)."""
+        if self._runner.closed:
+            return
+        try:
+            self._call(self._async.stop())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -9,9 +9,8 @@ app that made it, not in a dead-letter topic).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Mapping
-from types import TracebackType
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -28,7 +27,7 @@ from schemas import (
     parse_event,
 )
 from streams.config import KafkaConfig
-from streams.loopthread import LoopThread
+from streams.loopthread import BlockingClient
 from streams.topics import Topics
 
 EventLike = Envelope | Mapping[str, Any] | bytes | str
@@ -149,26 +148,15 @@ class EventProducer:
         await self._drain()
 
 
-T = TypeVar("T")
 
-
-class SyncEventProducer:
+class SyncEventProducer(BlockingClient[EventProducer]):
     """Blocking wrapper around :class:`EventProducer` for scripts and threaded apps.
 
     A private event loop runs in a daemon thread; every call is thread-safe.
     """
 
     def __init__(self, kafka: KafkaConfig, *, topics: Topics | None = None, acks: int | str = "all") -> None:
-        self._runner = LoopThread("learnloop-producer")
-        self._async = EventProducer(kafka, topics=topics, acks=acks)
-        try:
-            self._call(self._async.start())
-        except BaseException:
-            self._runner.stop()
-            raise
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._runner.call(coro)
+        super().__init__(EventProducer(kafka, topics=topics, acks=acks), "learnloop-producer")
 
     @property
     def topics(self) -> Topics:
@@ -182,19 +170,3 @@ class SyncEventProducer:
 
     def flush(self) -> None:
         self._call(self._async.flush())
-
-    def close(self) -> None:
-        if self._runner.closed:
-            return
-        try:
-            self._call(self._async.stop())
-        finally:
-            self._runner.stop()
-
-    def __enter__(self) -> SyncEventProducer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -19,9 +19,8 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -30,7 +29,7 @@ from aiokafka.errors import KafkaError
 from schemas import InvalidEvent, ModelUpdate, parse_event
 from schemas.errors import LearnloopError
 from streams.config import KafkaConfig
-from streams.loopthread import LoopThread
+from streams.loopthread import BlockingClient
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -318,7 +317,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.error("model subscriber stopped; the loaded models keep serving", exc_info=task.exception())
 
 
-class SyncModelSubscriber:
+class SyncModelSubscriber(BlockingClient[ModelSubscriber]):
     """Blocking wrapper around :class:`ModelSubscriber` for threaded serving apps.
 
     A private event loop runs in a daemon thread; ``predict``, ``get`` and
@@ -337,24 +336,11 @@ class SyncModelSubscriber:
         on_swap: OnSwap | None = None,
         max_fallbacks: int = 3,
     ) -> None:
-        self._async = ModelSubscriber(
-            kafka,
-            models,
-            loader=loader,
-            topics=topics,
-            group_id=group_id,
-            on_swap=on_swap,
+        subscriber = ModelSubscriber(
+            kafka, models, loader=loader, topics=topics, group_id=group_id, on_swap=on_swap,
             max_fallbacks=max_fallbacks,
-        )
-        self._runner = LoopThread("learnloop-subscriber")
-        try:
-            self._call(self._async.start())
-        except BaseException:
-            self._runner.stop()
-            raise
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._runner.call(coro)
+        )  # fmt: skip
+        super().__init__(subscriber, "learnloop-subscriber")
 
     @property
     def subscriber(self) -> ModelSubscriber:
@@ -371,19 +357,3 @@ class SyncModelSubscriber:
 
     def current(self, model: str) -> ModelUpdate | None:
         return self._async.current(model)
-
-    def close(self) -> None:
-        if self._runner.closed:
-            return
-        try:
-            self._call(self._async.stop())
-        finally:
-            self._runner.stop()
-
-    def __enter__(self) -> SyncModelSubscriber:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
