@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 Loader = Callable[[str], Any]
 """Turns an update's ``uri`` into an object with ``predict(inputs)``."""
 OnSwap = Callable[[str, ModelUpdate], None]
-T = TypeVar("T")
 
 _POLL_MS = 500
 _CATCH_UP_IDLE_POLLS = 3  # empty polls after which catch-up ends even if an end offset was not reached
