@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic_core import to_json
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, RowMapping, func, select
 
 from schemas.envelope import utc_now
 from workers.store.engine import available, writer
-from workers.store.models import FeedbackSample
+from workers.store.models import FeedbackSample, aware_utc
 from workers.store.samples import Sample, SampleIn, SampleLike
 
 __all__ = ["FeedbackStore", "Sample", "SampleIn", "SampleLike"]
@@ -52,24 +52,19 @@ class _Encoder:
         self.naive_text = naive_text
 
     def time(self, dt: datetime) -> Any:
-        if dt.tzinfo is None or dt.utcoffset() is None:
-            raise ValueError(f"naive datetime {dt.isoformat()}: the store needs timezone-aware times")
-        dt = dt.astimezone(UTC)
+        dt = aware_utc(dt)  # the rule of the UTCDateTime column type
         return dt.replace(tzinfo=None).isoformat(" ", "microseconds") if self.naive_text else dt
 
     def row(self, s: SampleLike, stored_at: Any) -> tuple[Any, ...]:
         if s.text is None and s.features is None:
             raise ValueError(f"sample {s.event_id}: needs text or features")
-        label = _LABELS.get(s.label) if isinstance(s.label, bool) else None
         return (
             s.event_id, s.learner, s.subject_id, s.text,
-            None if s.features is None else _json(dict(s.features)),
-            label if label is not None else _json(s.label),
+            None if s.features is None else _json(dict(s.features)), _json(s.label),
             float(s.weight), s.channel, s.source, self.time(s.occurred_at), stored_at,
         )  # fmt: skip
 
 
-_LABELS = {True: "true", False: "false"}
 _ENCODERS = {"sqlite": _Encoder("?", naive_text=True), "postgresql": _Encoder("%s", naive_text=False)}
 
 

@@ -36,6 +36,13 @@ ID_LEN = 36  # a UUID's text form
 NAME_LEN = 128  # schemas.envelope.MAX_NAME
 
 
+def aware_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is refused rather than guessed."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()}: the store needs timezone-aware times")
+    return value.astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """An aware datetime in, an aware UTC datetime out, on every engine.
 
@@ -50,9 +57,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value.isoformat()}: the store needs timezone-aware times")
-        value = value.astimezone(UTC)
+        value = aware_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
