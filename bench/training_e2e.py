@@ -25,7 +25,7 @@ from learners.evaluation import LATENCY_SAMPLES
 from schemas import DataWindow, DriftEvent, ModelUpdate, RetrainRequest, WindowStats, parse_event
 from streams.admin import ensure_topics
 from streams.config import KafkaConfig
-from streams.feedback import derived_id
+from streams.derived import derived_id
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.embedded import EmbeddedBroker

@@ -22,12 +22,11 @@ from learners.models import with_text
 from learners.online import OnlineLearner
 from schemas import DeadLetter, Envelope, FeedbackEvent, PredictionEvent, parse_event
 from schemas.errors import InvalidEvent
-from streams.derived import RawRecord, dead_letter, derived_id, drift_events
+from streams.derived import RawRecord, dead_letter, drift_events
 from streams.ports import JoinStore, PartitionStateStore, RecordLike
 
-__all__ = [
-    "BatchResult", "ConsumerStats", "FeedbackProcessor", "LearnedSample", "PartitionState", "RawRecord", "derived_id",
-]  # fmt: skip
+# RawRecord stays importable from here: snapshots pickled with waiting feedback name it by this module.
+__all__ = ["BatchResult", "ConsumerStats", "FeedbackProcessor", "LearnedSample", "PartitionState", "RawRecord"]
 
 log = logging.getLogger(__name__)
 
