@@ -9,6 +9,17 @@ from dataclasses import dataclass, field
 from river import drift, linear_model, metrics, preprocessing
 from river.datasets import synth
 
+SEA_LEARNERS = """
+[learners.sea]
+task = "binary"
+model = "logistic_regression"
+[learners.sea.drift]
+delta = 0.002
+cooldown = 1000
+grace = 30
+"""
+"""A learners file whose ``sea`` learner is what :func:`river_reference` computes with its defaults."""
+
 
 def sea_with_switch(before: int, after: int, *, seed: int = 7) -> list[tuple[dict[str, float], bool]]:
     """SEA variant 0 then variant 3: an abrupt concept switch after ``before`` samples."""

@@ -1,17 +1,15 @@
 """The feedback store and its migrations on real engines: SQLite (a file) and PostgreSQL.
 
-PostgreSQL is ``LEARNLOOP_TEST_POSTGRES_URL`` (default: the machine's server
-at 127.0.0.1:5432, database ``test``); each test works in a schema of its own.
-Without a reachable server those cases are skipped, saying why.
+The databases come from the fixtures in ``tests/integration/conftest.py`` (PostgreSQL cases skip,
+saying why, without a reachable server).
 """
 
 from __future__ import annotations
 
 import doctest
 import json
-import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,39 +24,10 @@ from workers.store.feedback import FeedbackStore
 from workers.store.migrate import current_revision, head_revision, upgrade
 from workers.store.models import Base
 from workers.store.samples import FeatureValue, LabelValue, SampleIn
-from workers.store.testing import postgres_unreachable, temporary_schema
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get("LEARNLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of each kind with nothing in it, not even the schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-        return
-    why = postgres_unreachable(PG_URL)
-    if why is not None:
-        pytest.skip(f"PostgreSQL not reachable ({why}); set LEARNLOOP_TEST_POSTGRES_URL")
-    with temporary_schema(PG_URL) as url:
-        yield url
-
-
-@pytest.fixture
-def db_url(blank_url: str) -> str:
-    """A migrated, empty database of each kind."""
-    upgrade(blank_url)
-    return blank_url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
 
 
 @pytest.fixture

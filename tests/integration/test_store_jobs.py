@@ -7,12 +7,10 @@ Same databases as test_store_feedback.py: a SQLite file, and PostgreSQL
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -21,28 +19,10 @@ from schemas import DataWindow, RetrainRequest
 from workers.store import jobs as jobs_module
 from workers.store.engine import make_engine
 from workers.store.jobs import JobNotFound, JobStateError, JobStore, TrainingJob, job_window
-from workers.store.migrate import upgrade
-from workers.store.testing import postgres_unreachable, temporary_schema
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get("LEARNLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/jobs.db"
-        upgrade(url)
-        yield url
-        return
-    why = postgres_unreachable(PG_URL)
-    if why is not None:
-        pytest.skip(f"PostgreSQL not reachable ({why}); set LEARNLOOP_TEST_POSTGRES_URL")
-    with temporary_schema(PG_URL) as url:
-        upgrade(url)
-        yield url
 
 
 class Clock:
@@ -59,13 +39,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
 
 
 @pytest.fixture

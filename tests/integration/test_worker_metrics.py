@@ -16,20 +16,11 @@ from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.conftest import worker_env
 from tests.integration.util import cli_json, start_worker, stop_worker, wait_for
+from tests.reference import SEA_LEARNERS as LEARNERS
 from tests.reference import river_reference, sea_with_switch
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-LEARNERS = """
-[learners.sea]
-task = "binary"
-model = "logistic_regression"
-[learners.sea.drift]
-delta = 0.002
-cooldown = 1000
-grace = 30
-"""
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
