@@ -275,7 +275,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         if learning:
             self.metrics.learn_seconds.observe((time.perf_counter() - t0) / learning)
         for tp, state in self.states.items():
-            if state.pending:
+            if state.pending and not batch.get(tp):  # a processed partition has just looked its waiters up
                 r = await self.processor.poll_pending(state)
                 self._pending_samples.extend(r.samples)
                 self.stats.add(r)

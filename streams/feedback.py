@@ -196,11 +196,14 @@ class FeedbackProcessor:
         """
         result = BatchResult()
         for i in range(0, len(records), self.CHUNK):
-            await self._process_chunk(state, records[i : i + self.CHUNK], result)
+            await self._process_chunk(state, records[i : i + self.CHUNK], result, first=i == 0)
+        self._expire_orphans(state, result)
         self._tally(state, result)
         return result
 
-    async def _process_chunk(self, state: PartitionState, records: Sequence[RecordLike], result: BatchResult) -> None:
+    async def _process_chunk(
+        self, state: PartitionState, records: Sequence[RecordLike], result: BatchResult, *, first: bool
+    ) -> None:
         decoded: list[tuple[RecordLike, FeedbackEvent]] = []
         for r in records:
             if r.offset <= state.offset:
@@ -221,21 +224,24 @@ class FeedbackProcessor:
         waiting: list[tuple[RecordLike, FeedbackEvent]] = []
         for raw, ev in fresh:
             (waiting if ev.needs_join else ready).append((raw, ev))
-        if waiting:
-            now = self.clock()
-            state.pending.extend(PendingFeedback(ev, RawRecord.of(r), now + self.orphan_wait_s) for r, ev in waiting)
-        # Joined feedback is learned in the order its prediction became available.
-        ready = (await self._release_joined(state, result)) + ready if state.pending else ready
+        now = self.clock()
+        added = [PendingFeedback(ev, RawRecord.of(r), now + self.orphan_wait_s) for r, ev in waiting]
+        state.pending.extend(added)
+        # Joined feedback is learned in the order its prediction became available. The batch's
+        # predictions are all stored before it is processed, so what waited before the batch is
+        # looked up once (first chunk) and later chunks look up only what they added.
+        candidates = state.pending if first else added
+        if candidates:
+            ready = await self._release_joined(state, result, candidates) + ready
 
         for raw, ev in ready:
             self._learn(state, raw, ev, result)
-        self._expire_orphans(state, result)
 
     async def poll_pending(self, state: PartitionState) -> BatchResult:
         """Retry the join for waiting feedback and expire the overdue (called when idle too)."""
         result = BatchResult()
         if state.pending:
-            for raw, ev in await self._release_joined(state, result):
+            for raw, ev in await self._release_joined(state, result, state.pending):
                 self._learn(state, raw, ev, result)
             self._expire_orphans(state, result)
             self._tally(state, result)
@@ -276,16 +282,17 @@ class FeedbackProcessor:
         return cached[1]
 
     async def _release_joined(
-        self, state: PartitionState, result: BatchResult
+        self, state: PartitionState, result: BatchResult, candidates: Sequence[PendingFeedback]
     ) -> list[tuple[RecordLike, FeedbackEvent]]:
-        ids = [p.event.prediction_id or "" for p in state.pending]
+        """Join the ``candidates`` (some of ``state.pending``) whose prediction is stored; they leave ``pending``."""
+        ids = [p.event.prediction_id or "" for p in candidates]
         found = await self.joins.get_predictions(ids)
         released: list[tuple[RecordLike, FeedbackEvent]] = []
-        still: list[PendingFeedback] = []
-        for p, blob in zip(state.pending, found, strict=True):
+        done: set[int] = set()
+        for p, blob in zip(candidates, found, strict=True):
             if blob is None:
-                still.append(p)
                 continue
+            done.add(id(p))
             try:
                 pred = parse_event(blob, PredictionEvent)
             except InvalidEvent as exc:  # the store only holds validated events; be loud if not
@@ -303,7 +310,8 @@ class FeedbackProcessor:
             joined = p.event.model_copy(update={"features": pred.features, "text": pred.text})
             released.append((p.record, joined))
             state.counters["joined"] += 1
-        state.pending = still
+        if done:
+            state.pending = [p for p in state.pending if id(p) not in done]
         return released
 
     def _expire_orphans(self, state: PartitionState, result: BatchResult) -> None:

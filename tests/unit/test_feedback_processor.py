@@ -315,6 +315,29 @@ async def test_label_only_feedback_waits_for_its_prediction_and_learns_its_featu
     assert r.state.slots["sea"].learner.predict_proba_one(probe) == reference.predict_proba_one(probe)
 
 
+async def test_a_large_batch_looks_each_waiting_prediction_up_once() -> None:
+    r = rig()
+    asked: list[str] = []
+    lookup = r.joins.get_predictions
+
+    async def counting(ids: Sequence[str]) -> list[bytes | None]:
+        asked.extend(ids)
+        return await lookup(ids)
+
+    r.joins.get_predictions = counting  # type: ignore[method-assign]
+    await r.processor.process(r.state, records([label_only("p0")]))
+    asked.clear()
+    # p0 waited before this batch; p1 arrives in its third chunk; neither prediction is stored.
+    chunk = r.processor.CHUNK
+    batch = [feedback() for _ in range(2 * chunk)] + [label_only("p1")] + [feedback() for _ in range(chunk)]
+    result = await r.processor.process(r.state, records(batch, start=1))
+    assert asked == ["p0", "p1"]  # once each, not once per chunk
+    assert (result.learned, len(r.state.pending)) == (3 * chunk, 2)
+    await r.joins.put_predictions([("p1", prediction("p1").to_json())], ttl_s=60)
+    result = await r.processor.poll_pending(r.state)
+    assert (result.learned, [p.event.prediction_id for p in r.state.pending]) == (1, ["p0"])
+
+
 async def test_joined_feedback_is_released_by_the_next_batch_before_it() -> None:
     r = rig()
     await r.processor.process(r.state, records([label_only("p1")]))
