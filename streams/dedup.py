@@ -9,6 +9,7 @@ carrying thousands of ids per batch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 from streams.ports import PartitionStateStore
@@ -57,8 +58,10 @@ class DedupCache:
         known = self._ids.get((topic, partition))
         if known is not None:
             known.update(dict.fromkeys(event_ids))
-            for _ in range(len(known) - self.window):  # the same trim the store applies
-                del known[next(iter(known))]
+            if (excess := len(known) - self.window) > 0:  # the same trim the store applies
+                # Rebuilt, not deleted from the front one by one: deleted slots stay in a dict until it
+                # resizes, so each next(iter()) would rescan them and the trim would grow quadratic.
+                self._ids[(topic, partition)] = dict.fromkeys(islice(known, excess, None))
 
     async def publish_progress(
         self,
