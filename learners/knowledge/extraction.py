@@ -12,8 +12,9 @@ validation stages:
    seen again, so it passes stage 1 only; a pattern relation that fails stage 1
    or 2 falls back to ``related_to`` (the two entities did share a sentence);
 3. support, seen in ``min_support`` distinct conversations, which only the
-   graph knows: the graph writer calls :func:`is_validated`. ``related_to`` is
-   never validated; it is a hint for exploration, not a fact.
+   graph knows: the graph's ``RELATED`` upsert (``workers.graph.queries.merge_related``)
+   applies stages 2 and 3 there. ``related_to`` is never validated; it is a hint
+   for exploration, not a fact.
 
 Alias merging happens within one ``extract`` call: a single-word mention that is
 the first or last word of exactly one multi-word PERSON of the same conversation
@@ -37,7 +38,7 @@ from learners.knowledge.relations import CONF_COOCCURRENCE, RELATED_TO, Candidat
 from schemas.errors import ConfigError
 from schemas.events import ConversationEvent
 
-__all__ = ["KnowledgeExtractor", "gazetteer_patterns", "is_validated", "load_pipeline", "passes_types"]
+__all__ = ["KnowledgeExtractor", "gazetteer_patterns", "load_pipeline", "passes_types"]
 
 # Components whose output extraction never reads; excluding them saves load time
 # and memory. The parser sets sentence boundaries, so a separate senter is redundant.
@@ -62,22 +63,6 @@ def passes_types(predicate: str, subject_label: str, object_label: str, config: 
     """
     allowed = config.predicate_types.get(predicate)
     return allowed is None or (subject_label, object_label) in allowed
-
-
-def is_validated(predicate: str, confidence: float, support: int, config: NlpConfig) -> bool:
-    """Stages 2 and 3: confident enough and seen in ``min_support`` distinct conversations.
-
-    ``related_to`` (co-occurrence) is never validated.
-
-    >>> cfg = NlpConfig(min_support=2)
-    >>> is_validated("works_for", 0.8, 1, cfg), is_validated("works_for", 0.8, 2, cfg)
-    (False, True)
-    >>> is_validated("works_for", 0.4, 5, cfg), is_validated("related_to", 0.3, 50, cfg)
-    (False, False)
-    """
-    if predicate == RELATED_TO:
-        return False
-    return confidence >= config.min_confidence and support >= config.min_support
 
 
 def load_pipeline(config: NlpConfig) -> Language:
@@ -152,7 +137,6 @@ class KnowledgeExtractor:
         self._gazetteer_names: dict[str, str] = {}
         for g in config.gazetteer:
             self._gazetteer_names.setdefault(_gazetteer_id(g.label, g.pattern, g.id), clean_surface(g.pattern))
-        self._types = {p: frozenset(pairs) for p, pairs in config.predicate_types.items()}
 
     def extract(self, events: Sequence[ConversationEvent]) -> list[Extraction]:
         """One :class:`Extraction` per event, in order; the texts are parsed in batches with ``nlp.pipe``."""
@@ -214,11 +198,11 @@ class KnowledgeExtractor:
         min_conf = self.config.min_confidence
         for c in candidates:
             s_label, o_label = entities[c.subject].label, entities[c.object].label
-            ok = self._types_ok(c.predicate, s_label, o_label)
+            ok = passes_types(c.predicate, s_label, o_label, self.config)
             if c.predicate == RELATED_TO or not ok or c.confidence < min_conf:
                 if c.predicate == RELATED_TO and not ok:
                     continue
-                if self._types_ok(RELATED_TO, s_label, o_label):
+                if passes_types(RELATED_TO, s_label, o_label, self.config):
                     fallback.setdefault(
                         frozenset((c.subject, c.object)),
                         Relation(c.subject, RELATED_TO, c.object, CONF_COOCCURRENCE, "cooccurrence"),
@@ -231,7 +215,3 @@ class KnowledgeExtractor:
         linked = {frozenset((s, o)) for s, _, o in best}
         extra = [r for pair, r in fallback.items() if pair not in linked]
         return (*best.values(), *extra)
-
-    def _types_ok(self, predicate: str, subject_label: str, object_label: str) -> bool:
-        allowed = self._types.get(predicate)
-        return allowed is None or (subject_label, object_label) in allowed

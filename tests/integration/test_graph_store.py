@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from learners.knowledge.model import Entity, Extraction, GraphBatch, Relation
+from learners.knowledge.relations import RELATED_TO
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, ReadOnlyViolation, StoreUnavailable
 from workers.graph import CypherGraph, ladybug_store, write_extractions
 from workers.graph.dataset import extract_dataset, write_jsonl
@@ -175,6 +176,28 @@ def test_validation_needs_confidence_too(make_graph: Callable[..., CypherGraph])
     assert related(g, ADA, "lived_in", LONDON)["validated"] is False  # support 2, confidence 0.6
     g.write(GraphBatch.fold([ex("c", "c2", 2, {ADA: 1, LONDON: 1}, ((ADA, "lived_in", LONDON, 0.8),))]))
     assert related(g, ADA, "lived_in", LONDON)["validated"] is True
+
+
+@pytest.mark.parametrize(
+    ("predicate", "confidences", "validated"),
+    [
+        ("role_at", (0.85, 0.85), False),  # support 2 of 3
+        ("role_at", (0.85, 0.85, 0.85), True),
+        ("uses", (0.5,) * 5, False),  # seen often, never confident enough
+        (RELATED_TO, (0.3,) * 5, False),  # co-occurrence is never a fact, however often
+    ],
+)
+def test_validated_needs_confidence_and_support_and_never_co_occurrence(
+    make_graph: Callable[..., CypherGraph], predicate: str, confidences: tuple[float, ...], validated: bool
+) -> None:
+    g = make_graph(min_support=3, min_confidence=0.6)
+    for i, c in enumerate(confidences):  # one conversation each
+        g.write(GraphBatch.fold([ex(f"e{i}", f"c{i}", i, {ADA: 1, LONDON: 1}, ((ADA, predicate, LONDON, c),))]))
+    edge = related(g, ADA, predicate, LONDON)
+    assert (edge["support"], edge["validated"]) == (len(confidences), validated)
+    low = make_graph(min_support=1, min_confidence=0.1)  # even with a threshold below its confidence
+    low.write(GraphBatch.fold([ex("x", "c", 0, {ADA: 1, BABBAGE: 1}, ((ADA, RELATED_TO, BABBAGE, 0.3),))]))
+    assert related(low, ADA, RELATED_TO, BABBAGE)["validated"] is False
 
 
 def test_redelivery_changes_no_count(graph: CypherGraph) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from learners.knowledge.config import GazetteerEntry, NlpConfig
-from learners.knowledge.extraction import KnowledgeExtractor, is_validated, passes_types
+from learners.knowledge.extraction import KnowledgeExtractor, passes_types
 from learners.knowledge.model import Extraction, GraphBatch
 from learners.knowledge.normalize import EntityNormaliser
 from learners.knowledge.relations import RELATED_TO, Mention, relations_in
@@ -200,14 +200,6 @@ def test_confidence_threshold_filters_but_keeps_cooccurrence() -> None:
     strict = KnowledgeExtractor(NlpConfig(min_confidence=0.9))
     [ex] = strict.extract([turn("Bob Smith, the CTO of Acme Corp, approved the rollout yesterday.")])
     assert [(r.predicate, r.confidence, r.pattern) for r in ex.relations] == [(RELATED_TO, 0.3, "cooccurrence")]
-
-
-def test_validated_needs_confidence_and_support() -> None:
-    cfg = NlpConfig(min_support=3, min_confidence=0.6)
-    assert not is_validated("role_at", 0.85, 2, cfg)
-    assert is_validated("role_at", 0.85, 3, cfg)
-    assert not is_validated("uses", 0.5, 10, cfg)
-    assert not is_validated(RELATED_TO, 0.3, 100, cfg)
 
 
 def test_batched_pipe_equals_one_by_one(extractor: KnowledgeExtractor) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, Protocol
 
+from learners.knowledge.relations import RELATED_TO
 from schemas.errors import GraphError, ReadOnlyViolation, StoreUnavailable
 
 EVENT_IDS_KEPT = 100
@@ -64,12 +65,14 @@ MATCH (a:Entity {key: r.subject})
 MATCH (b:Entity {key: r.object})
 MERGE (a)-[x:RELATED {predicate: r.predicate}]->(b)
 ON CREATE SET x.support = size(r.conversations),
-              x.validated = size(r.conversations) >= $min_support AND r.confidence >= $min_confidence,
+              x.validated = size(r.conversations) >= $min_support AND r.confidence >= $min_confidence
+                            AND r.predicate <> 'CO_OCCURRENCE',
               x.confidence = r.confidence, x.conversations = r.conversations,
               x.event_ids = r.event_ids[-KEPT..],
               x.first_seen = r.first_seen, x.last_seen = r.last_seen
 ON MATCH SET x.support = size(UNION),
-             x.validated = size(UNION) >= $min_support AND MAX_CONFIDENCE >= $min_confidence,
+             x.validated = size(UNION) >= $min_support AND MAX_CONFIDENCE >= $min_confidence
+                           AND r.predicate <> 'CO_OCCURRENCE',
              x.confidence = MAX_CONFIDENCE,
              x.conversations = UNION,
              x.event_ids = (x.event_ids + r.event_ids)[-KEPT..],
@@ -83,7 +86,10 @@ def merge_related(union: str) -> str:
     """The ``RELATED`` upsert, given the engine's expression for "x.conversations plus r.conversations, distinct".
 
     ``support`` is the number of distinct conversations, so it is right under
-    redelivery and across batches; ``validated`` is recomputed on every write.
+    redelivery and across batches; ``validated`` is recomputed on every write:
+    validation stages 2 and 3 (confidence, support), never for co-occurrence
+    (``related_to`` is a hint for exploration, not a fact). This is the only place
+    the rule lives.
     Every expression gives the same value whether or not the engine applies the
     earlier items of the ``SET`` first, and computing them inline (instead of a
     second ``WITH x SET`` pass) doubles LadybugDB's throughput.
@@ -91,6 +97,7 @@ def merge_related(union: str) -> str:
     max_confidence = "CASE WHEN r.confidence > x.confidence THEN r.confidence ELSE x.confidence END"
     return (
         _MERGE_RELATED.replace("KEPT", str(EVENT_IDS_KEPT))
+        .replace("CO_OCCURRENCE", RELATED_TO)
         .replace("MAX_CONFIDENCE", max_confidence)
         .replace("UNION", union)
     )
