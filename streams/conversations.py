@@ -25,9 +25,10 @@ from learners.knowledge.model import Extraction, GraphBatch
 from schemas import ConversationEvent, DeadLetter, EntityRef, Envelope, KnowledgeUpdate, RelationRef, parse_event
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, InvalidEvent, StoreUnavailable
 from streams.config import KafkaConfig
-from streams.derived import RawRecord, dead_letter, derived_id
+from streams.derived import dead_letter, derived_id
 from streams.lifecycle import Lifecycle
 from streams.metrics import Metrics, default_metrics
+from streams.ports import RecordLike
 from streams.producer import route
 from streams.topics import Topics
 
@@ -83,8 +84,8 @@ class ConversationProcessor:
         self.source = source
         self.metrics = metrics or default_metrics()
 
-    def dead_letter(self, raw: RawRecord, exc: BaseException) -> DeadLetter:
-        return dead_letter(raw, exc, source=self.source)
+    def dead_letter(self, rec: RecordLike, exc: BaseException) -> DeadLetter:
+        return dead_letter(rec, exc, source=self.source)
 
     def process(self, records: Sequence[Any], stats: ConversationStats) -> list[Envelope]:
         """Blocking (spaCy and the graph client are synchronous): run it in a thread."""
@@ -95,14 +96,13 @@ class ConversationProcessor:
         outputs: list[Envelope] = []
         events: list[ConversationEvent] = []
         for r in records:
-            raw = RawRecord(r.topic, r.partition, r.offset, r.key, r.value)
             try:
-                ev = parse_event(raw.value or b"", ConversationEvent)
+                ev = parse_event(r.value or b"", ConversationEvent)
             except InvalidEvent as exc:
-                dl = self.dead_letter(raw, exc)
+                dl = self.dead_letter(r, exc)
                 outputs.append(dl)
                 stats.deadlettered += 1
-                self.metrics.deadlettered.labels(raw.topic, dl.reason).inc()
+                self.metrics.deadlettered.labels(r.topic, dl.reason).inc()
                 continue
             assert isinstance(ev, ConversationEvent)
             events.append(ev)
@@ -133,7 +133,7 @@ class ConversationProcessor:
         # BackPressureError propagates: the caller pauses. Only what this write added counts: a prepared
         # batch may overlap one written after its known_events lookup (a redelivery, pipelined).
         try:
-            batch, extractions = self._write(prepared.extractions)
+            batch, extractions = write_new(self.graph, prepared.extractions)
         except Exception:
             self.metrics.graph_write_failures.inc()
             raise
@@ -172,17 +172,26 @@ class ConversationProcessor:
         if len(prepared.extractions) > len(written):
             m.duplicates.labels(prepared.topic).inc(len(prepared.extractions) - len(written))
 
-    def _write(self, extractions: list[Extraction], attempts: int = 3) -> tuple[GraphBatch, list[Extraction]]:
-        """The folded batch written and the extractions it holds (none if the graph had them all)."""
-        for _ in range(attempts):
-            batch = GraphBatch.fold(extractions)
-            try:
-                written = set(self.graph.write(batch))
-                return batch, [ex for ex in extractions if ex.event_id in written]
-            except DuplicateEvents:  # a concurrent writer got some of them first
-                known = self.graph.known_events([ex.event_id for ex in extractions])
-                extractions = [ex for ex in extractions if ex.event_id not in known]
-        raise GraphError(f"events kept appearing in the graph while writing them ({attempts} attempts)")
+
+def write_new(
+    graph: KnowledgeGraph, extractions: Sequence[Extraction], *, attempts: int = 3
+) -> tuple[GraphBatch, list[Extraction]]:
+    """Write the extractions as one folded batch; return the batch and the extractions it holds.
+
+    An event repeated in ``extractions`` counts once. A batch the graph already holds entirely
+    writes nothing (a redelivery: none returned); one it holds in part raises ``DuplicateEvents``
+    inside the write, whose ids are then dropped and the rest folded again (a concurrent writer).
+    """
+    fresh = list({ex.event_id: ex for ex in extractions}.values())
+    for _ in range(attempts):
+        batch = GraphBatch.fold(fresh)
+        try:
+            written = set(graph.write(batch))
+            return batch, [ex for ex in fresh if ex.event_id in written]
+        except DuplicateEvents as exc:
+            log.info("graph: %s; folding the rest again", exc)
+            fresh = [ex for ex in fresh if ex.event_id not in exc.event_ids]
+    raise GraphError(f"events kept appearing in the graph while writing them ({attempts} attempts)")
 
 
 class ConversationConsumer:

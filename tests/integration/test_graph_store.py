@@ -24,7 +24,8 @@ import pytest
 from learners.knowledge.model import Entity, Extraction, GraphBatch, Relation
 from learners.knowledge.relations import RELATED_TO
 from schemas.errors import BackPressureError, DuplicateEvents, GraphError, ReadOnlyViolation, StoreUnavailable
-from workers.graph import CypherGraph, ladybug_store, write_extractions
+from streams.conversations import write_new
+from workers.graph import CypherGraph, ladybug_store
 from workers.graph.dataset import extract_dataset, write_jsonl
 from workers.graph.ladybug_store import DB_FILE, LadybugGraph
 from workers.graph.neo4j_store import Neo4jGraph
@@ -204,7 +205,7 @@ def test_redelivery_changes_no_count(graph: CypherGraph) -> None:
     graph.write(GraphBatch.fold(BATCH1))
     before = snapshot(graph)
     assert graph.write(GraphBatch.fold(BATCH1)) == []  # the whole batch again
-    assert write_extractions(graph, BATCH1) == []
+    assert write_new(graph, BATCH1)[1] == []
     assert snapshot(graph) == before
 
     with pytest.raises(DuplicateEvents) as err:  # a batch that overlaps: nothing of it is written
@@ -216,8 +217,8 @@ def test_redelivery_changes_no_count(graph: CypherGraph) -> None:
 
     # the agent's path: known events dropped, duplicates in one poll counted once
     assert graph.known_events(["e1", "e3", "zz"]) == {"e1"}
-    assert write_extractions(graph, [*BATCH1, *BATCH2, BATCH2[0]]) == ["e3", "e4", "e5"]
-    assert write_extractions(graph, [*BATCH1, *BATCH2]) == []
+    assert [x.event_id for x in write_new(graph, [*BATCH1, *BATCH2, BATCH2[0]])[1]] == ["e3", "e4", "e5"]
+    assert write_new(graph, [*BATCH1, *BATCH2])[1] == []
     assert graph.entity(ADA.key)["mentions"] == 6  # type: ignore[index]
     assert related(graph, ADA, "worked_with", BABBAGE)["support"] == 2
 

@@ -12,8 +12,7 @@ Write contract (idempotent by source event id):
 
 1. The caller (the conversation agent) asks ``known_events(ids)`` which of its
    events the graph already has, drops those extractions, folds the rest with
-   ``GraphBatch.fold`` and calls ``write(batch)``. :func:`write_extractions` does
-   exactly this.
+   ``GraphBatch.fold`` and calls ``write(batch)`` (``streams.conversations.write_new``).
 2. ``write`` runs one transaction per batch. Inside it, it looks the batch's
    event ids up again: if all are known it writes nothing and returns ``[]``
    (a redelivered batch); if some are, it writes nothing and raises
@@ -45,9 +44,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from learners.knowledge.model import Extraction, GraphBatch
+from learners.knowledge.model import GraphBatch
 from schemas.errors import BackPressureError, ConfigError, DuplicateEvents, GraphError
 from workers.graph.queries import (
     CREATE_EVENTS,
@@ -59,7 +58,7 @@ from workers.graph.queries import (
     GraphReader,
 )
 
-__all__ = ["CypherGraph", "EventGraphWriter", "write_extractions"]
+__all__ = ["CypherGraph", "utc"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -194,31 +193,3 @@ class CypherGraph(GraphReader, ABC):
             f"graph {what} failed {self.retries + 1} time(s), last: {type(last).__name__}: {last}; "
             "pause and retry the batch later (a retry never counts an event twice)"
         ) from last
-
-
-class EventGraphWriter(Protocol):
-    """The part of a graph adapter that :func:`write_extractions` needs."""
-
-    def known_events(self, event_ids: Iterable[str]) -> set[str]: ...
-
-    def write(self, batch: GraphBatch) -> list[str]: ...
-
-
-def write_extractions(writer: EventGraphWriter, extractions: Iterable[Extraction], *, attempts: int = 3) -> list[str]:
-    """Write the extractions whose events the graph does not have yet; return those event ids.
-
-    Duplicates inside ``extractions`` (the same event delivered twice in one
-    poll) count once. ``DuplicateEvents`` from a concurrent writer is handled by
-    filtering again, at most ``attempts`` times.
-    """
-    unique = {ex.event_id: ex for ex in extractions}
-    for _ in range(attempts):
-        known = writer.known_events(unique)
-        fresh = [ex for event_id, ex in unique.items() if event_id not in known]
-        if not fresh:
-            return []
-        try:
-            return writer.write(GraphBatch.fold(fresh))
-        except DuplicateEvents as exc:
-            log.info("graph: %s; filtering again", exc)
-    raise GraphError(f"events kept appearing in the graph while writing them ({attempts} attempts)")
