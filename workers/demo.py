@@ -39,6 +39,7 @@ from schemas import (
 )
 from streams.admin import ensure_topics
 from streams.producer import EventProducer
+from streams.topics import Topics
 from workers.redis_store import RedisStore
 from workers.settings import Settings
 
@@ -186,11 +187,11 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
     store = RedisStore.from_config(settings.redis)
     view = DemoView()
     console = Console()
-    topics = EventProducer(settings.kafka).topics
+    topics = Topics(settings.kafka.topic_prefix)
     await ensure_topics(settings.kafka, topics.all())
     knowledge = AIOKafkaConsumer(
-        topics.knowledge, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        topics.knowledge, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+        **settings.kafka.client_kwargs(),  # security settings and timeouts, as every other client
     )
     await knowledge.start()
     try:

@@ -14,8 +14,7 @@ class SqlSampleSink:
 
     def __init__(self, store: FeedbackStore) -> None:
         self.store = store
-        self.stored = 0
 
     async def add_samples(self, samples: Sequence[LearnedSample]) -> None:
         # A LearnedSample is what the store reads (workers.store.samples.SampleLike): no copy.
-        self.stored += await asyncio.to_thread(self.store.add_many, list(samples))
+        await asyncio.to_thread(self.store.add_many, samples)

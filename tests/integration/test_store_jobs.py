@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from schemas import DataWindow, RetrainRequest
 from workers.store import jobs as jobs_module
 from workers.store.engine import make_engine
-from workers.store.jobs import JobNotFound, JobStateError, JobStore, TrainingJob, job_window
+from workers.store.jobs import JobNotFound, JobStateError, JobStore, TrainingJob, job_as_dict, job_window
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_the_same_request_twice_changes_nothing(jobs: JobStore, clock: Clock) ->
     _, created_again = jobs.request(r, learners=["other"])
     assert (created, created_again) == (True, False)
     after = jobs.get(job.id)
-    assert after is not None and jobs.as_dict(after) == jobs.as_dict(job)
+    assert after is not None and job_as_dict(after) == job_as_dict(job)
     # redelivered after the job started: still the same job, no new one
     claimed = jobs.claim_next("w1")
     assert claimed is not None and claimed.id == job.id
@@ -212,7 +212,7 @@ def test_a_job_reports_progress_and_succeeds(jobs: JobStore, clock: Clock) -> No
     result = {"metrics": {"f1": 0.91}, "version": "8", "alias": "challenger", "grade": "better"}
     done = jobs.succeed(job.id, result, worker_id="w1")
     assert (done.status, done.result, done.finished_at, done.error) == ("succeeded", result, clock.now, None)
-    as_json = json.loads(json.dumps(jobs.as_dict(done)))
+    as_json = json.loads(json.dumps(job_as_dict(done)))
     assert as_json["status"] == "succeeded" and as_json["finished_at"] == clock.now.isoformat()
     assert as_json["progress"]["loss"] == 0.31
 

@@ -30,10 +30,12 @@ import secrets
 import sys
 from collections.abc import Sequence
 
+from schemas.envelope import NAME_PATTERN
+
 KEY_PREFIX = "ll_"
 """Marks learnloop keys, so secret scanners and people recognise one that leaked."""
 SCOPES = ("read", "write")
-KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+KEY_NAME_PATTERN = NAME_PATTERN  # a key's name is the default source of its events
 """A key's name doubles as the default ``source`` of the events it sends."""
 
 

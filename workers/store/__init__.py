@@ -7,7 +7,7 @@ SQLite by default (``DATA_DIR/learnloop.db``), PostgreSQL by URL
 - ``engine``: ``make_engine``/``engine_for``; outages become ``StoreUnavailable``.
 - ``migrate``: ``upgrade(url)``, ``current_revision(url)``; ``python -m workers.store.migrate``.
 - ``models``: the tables (``FeedbackSample``, ``TrainingJob``, ``JobRequest``).
-- ``samples``: ``SampleIn`` and ``Sample``, plain values; ``sample_of(event, label=..., weight=...)``.
+- ``samples``: ``SampleIn`` and ``Sample``, plain values; ``SampleLike``, what ``add_many`` reads.
 - ``feedback``: ``FeedbackStore``, idempotent batched writes and training windows.
 - ``datasets``: ``build_dataset`` (dedup, validation, report) and a stratified ``split``.
 - ``jobs``: ``JobStore``, coalesced retrain requests, guarded job transitions, stale-job recovery.

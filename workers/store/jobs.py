@@ -302,10 +302,6 @@ class JobStore:
         with self._tx("job listing", write=False) as s:
             return builtins.list(s.scalars(q).all())
 
-    @staticmethod
-    def as_dict(job: TrainingJob) -> dict[str, Any]:
-        return job_as_dict(job)
-
     # -- guarded updates -------------------------------------------------------------
 
     @staticmethod

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from schemas.envelope import MAX_NAME
 from workers.store.samples import LabelValue
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "rejected"]
@@ -33,7 +34,7 @@ JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed
 JobReason = Literal["drift", "schedule", "manual", "volume"]
 
 ID_LEN = 36  # a UUID's text form
-NAME_LEN = 128  # schemas.envelope.MAX_NAME
+NAME_LEN = MAX_NAME
 
 
 def aware_utc(value: datetime) -> datetime:

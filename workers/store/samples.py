@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from schemas import FeedbackEvent
-
 FeatureValue = bool | int | float | str
 LabelValue = bool | int | float | str
 
@@ -79,25 +77,3 @@ class Sample(SampleIn):
     """A stored sample, as a training window returns it (times in UTC)."""
 
     stored_at: datetime
-
-
-def sample_of(event: FeedbackEvent, *, label: LabelValue, weight: float = 1.0) -> SampleIn | None:
-    """The sample to store for ``event`` (joined: its features or text filled in), or None without input.
-
-    Feedback that still waits for its prediction has neither text nor
-    features and is not a training example yet.
-    """
-    if event.text is None and event.features is None:
-        return None
-    return SampleIn(
-        event_id=str(event.event_id),
-        learner=event.learner,
-        subject_id=event.subject_id,
-        text=event.text,
-        features=dict(event.features) if event.features is not None else None,
-        label=label,
-        weight=weight,
-        channel=event.channel,
-        source=event.source,
-        occurred_at=event.occurred_at,
-    )
