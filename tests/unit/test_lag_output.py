@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 import workers.lag.config
 import workers.lag.exporter
-from workers.lag.cli import PARTITION_COLUMNS, known_groups, lag_config, metrics_address, render
+from workers.lag.cli import PARTITION_COLUMNS, known_groups, metrics_address, render
 from workers.lag.config import LagConfig
 from workers.lag.exporter import LagMetrics
 from workers.lag.freshness import Freshness
@@ -123,10 +123,7 @@ def test_config_is_frozen_and_strict() -> None:
 
 def test_settings_section_and_defaults() -> None:
     s = load_settings()
-    cfg = lag_config(s)
-    assert isinstance(cfg, LagConfig)
-    if "lag" in type(s).model_fields:
-        assert cfg is getattr(s, "lag", None)
+    assert isinstance(s.lag, LagConfig) and s.lag == LagConfig()
     groups = known_groups(s)
     assert groups[s.feedback.group_id] == [f"{s.kafka.topic_prefix}feedback", f"{s.kafka.topic_prefix}predictions"]
     assert groups[s.trainer.group_id] == [f"{s.kafka.topic_prefix}retrain"]
@@ -135,10 +132,8 @@ def test_settings_section_and_defaults() -> None:
 def test_metrics_address_prefers_the_lag_section_when_set() -> None:
     s = load_settings()
     assert metrics_address(s, LagConfig(metrics_host="0.0.0.0", metrics_port=9200)) == ("0.0.0.0", 9200)
-    host, port = metrics_address(s, LagConfig())
-    shared = getattr(s, "metrics", None)
-    if shared is None or shared.port is None:
-        assert port == 9108
-    else:
-        assert port == shared.port
-    assert host == (shared.host if shared is not None else "127.0.0.1")
+    assert s.metrics.port is None
+    assert metrics_address(s, LagConfig()) == (s.metrics.host, 9108)  # no shared port: the exporter's own
+    shared = load_settings(metrics={"host": "0.0.0.0", "port": 9300})
+    assert metrics_address(shared, LagConfig()) == ("0.0.0.0", 9300)
+    assert metrics_address(shared, LagConfig(metrics_port=9200)) == ("0.0.0.0", 9200)

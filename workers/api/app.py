@@ -30,12 +30,6 @@ learner, model and lag status out. Send an API key as `Authorization: Bearer <ke
 The status page is at [/status](/status)."""
 
 
-def api_config(settings: Settings) -> ApiConfig:
-    """``settings.api``, or the defaults when these settings have no such section."""
-    section = getattr(settings, "api", None)
-    return section if isinstance(section, ApiConfig) else ApiConfig()
-
-
 def _version() -> str:
     try:
         return importlib.metadata.version("learnloop")
@@ -57,7 +51,7 @@ def create_app(
     ``EventProducer`` (creating missing topics first) and a ``RedisStore`` from
     ``settings`` and closes them at shutdown.
     """
-    config = api if api is not None else api_config(settings)
+    config = api if api is not None else settings.api
     gateway = Gateway(
         settings=settings,
         config=config,

@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from schemas.errors import StoreUnavailable
-from workers.api.app import api_config, create_app
+from workers.api.app import create_app
 from workers.api.config import ApiConfig
 from workers.settings import Settings
 
@@ -37,7 +37,7 @@ def run_api(settings: Settings, *, api: ApiConfig | None = None) -> None:
     On a signal uvicorn stops taking requests, lets those in flight finish, then the
     lifespan flushes and stops the producer.
     """
-    config = api if api is not None else api_config(settings)
+    config = api if api is not None else settings.api
     server = uvicorn.Server(_uvicorn_config(create_app(settings, api=config), settings.log_level,
                                             config.host, config.port))
     main = threading.current_thread() is threading.main_thread()

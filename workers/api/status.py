@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from redis.exceptions import RedisError
 from schemas.errors import StoreUnavailable
 from workers.api.auth import ReadCaller
 from workers.api.deps import Gateway, GatewayDep
+from workers.lag import lag_rows
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,10 @@ _registry_lock = threading.Lock()
 
 
 def lag_source(gateway: GatewayDep) -> LagRows:
-    """``workers.lag.lag_rows`` bound to the settings (sync or async); 503 when the lag monitor is absent."""
-    try:
-        lag_rows = importlib.import_module("workers.lag").lag_rows
-    except (ImportError, AttributeError) as error:
-        log.debug("lag monitor unavailable: %s", error)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "lag monitor unavailable") from None
+    """``workers.lag.lag_rows`` bound to the gateway's settings."""
 
     async def rows() -> list[Any]:
-        if inspect.iscoroutinefunction(lag_rows):
-            return list(await lag_rows(gateway.settings))
-        result = await run_in_threadpool(lag_rows, gateway.settings)  # it may block on the broker
-        return list(await result if inspect.isawaitable(result) else result)
+        return list(await lag_rows(gateway.settings))
 
     return rows
 

@@ -24,8 +24,6 @@ __all__ = ["LagConfig", "lag_rows"]
 
 async def lag_rows(settings: Settings) -> list[dict[str, Any]]:
     """One sample of every group's partitions as flat JSON rows (for the HTTP gateway's ``/v1/lag``)."""
-    from workers.lag.cli import _collect, lag_config
+    from workers.lag.cli import lag_rows as rows  # the Kafka clients load on first use, not with the settings
 
-    cfg = lag_config(settings).model_copy(update={"cli_samples": 1})
-    view = await _collect(settings, cfg, None)
-    return [row.as_json() for row in view.partitions]
+    return await rows(settings)

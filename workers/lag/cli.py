@@ -15,15 +15,16 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import typer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from schemas.errors import ConfigError, StoreUnavailable
 from streams.topics import Topics
+from workers.cli.common import run_async
 from workers.lag.config import LagConfig
 from workers.lag.exporter import LagExporter
 from workers.lag.monitor import LagMonitor, LagView, LearnerSource, ProgressSource
@@ -32,18 +33,10 @@ from workers.redis_store import RedisStore
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
 PARTITION_COLUMNS = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST",
                      "CLIENT-ID", "TIME-LAG", "STATUS")
 GROUP_COLUMNS = ("GROUP", "STATUS", "STATE", "MEMBERS", "PARTITIONS", "TOTAL-LAG", "MAX-TIME-LAG")
 LEARNER_COLUMNS = ("LEARNER", "TOPIC", "PARTITION", "LAST-EVENT-AT", "NEWEST-EVENT-AT", "BEHIND", "FRESHNESS")
-
-
-def lag_config(settings: Settings) -> LagConfig:
-    """``settings.lag`` once the section is part of Settings; the defaults until then."""
-    cfg = getattr(settings, "lag", None)
-    return cfg if isinstance(cfg, LagConfig) else LagConfig()
 
 
 def known_groups(settings: Settings) -> dict[str, list[str]]:
@@ -58,8 +51,8 @@ def known_groups(settings: Settings) -> dict[str, list[str]]:
 
 def lag_command(settings: Settings, group: str | None, as_json: bool, *, config: LagConfig | None = None) -> int:
     """Print lag per group, topic and partition; exit code 1 when ``group`` has neither offsets nor members."""
-    cfg = config or lag_config(settings)
-    view = _run(_collect(settings, cfg, group), settings)
+    cfg = config or settings.lag
+    view = run_async(collect(settings, cfg, group), settings=settings)
     missing = group is not None and not any(g.group == group and (g.partitions or g.members) for g in view.groups)
     if as_json:
         typer.echo(json.dumps(view.as_json(), indent=2))
@@ -73,21 +66,16 @@ def lag_command(settings: Settings, group: str | None, as_json: bool, *, config:
 
 def run_lag_exporter(settings: Settings, *, config: LagConfig | None = None) -> None:
     """Serve the lag metrics until SIGTERM or SIGINT."""
-    cfg = config or lag_config(settings)
+    cfg = config or settings.lag
     host, port = metrics_address(settings, cfg)
     asyncio.run(_export(settings, cfg, host, port))
 
 
 def metrics_address(settings: Settings, cfg: LagConfig) -> tuple[str, int]:
     """``lag.metrics_host/port`` when set; else the shared ``metrics`` section's; else the lag defaults."""
-    shared = getattr(settings, "metrics", None)
-    host = cfg.metrics_host
-    port = cfg.metrics_port
-    if shared is not None and "metrics_host" not in cfg.model_fields_set:
-        host = str(getattr(shared, "host", host))
-    shared_port = getattr(shared, "port", None) if shared is not None else None
-    if isinstance(shared_port, int) and "metrics_port" not in cfg.model_fields_set:
-        port = shared_port
+    shared, explicit = settings.metrics, cfg.model_fields_set
+    host = cfg.metrics_host if "metrics_host" in explicit else shared.host
+    port = cfg.metrics_port if "metrics_port" in explicit or shared.port is None else shared.port
     return host, port
 
 
@@ -136,13 +124,6 @@ def _secs(v: float | None) -> str:
 # -- running -------------------------------------------------------------------------------
 
 
-def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
-    try:
-        return asyncio.run(coro)
-    except (KafkaConnectionError, KafkaError) as exc:
-        raise StoreUnavailable(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
-
-
 def _learner_source(store: RedisStore) -> LearnerSource:
     async def statuses() -> list[dict[str, Any]]:
         try:
@@ -169,7 +150,13 @@ def _reader(settings: Settings, cfg: LagConfig) -> BrokerReader:
     return BrokerReader(settings.kafka, fetch_timeout_ms=cfg.fetch_timeout_ms, fetch_max_bytes=cfg.fetch_max_bytes)
 
 
-async def _collect(settings: Settings, cfg: LagConfig, group: str | None) -> LagView:
+async def lag_rows(settings: Settings) -> list[dict[str, Any]]:
+    """One sample of every group's partitions as flat JSON rows (for the HTTP gateway's ``/v1/lag``)."""
+    view = await collect(settings, settings.lag.model_copy(update={"cli_samples": 1}), None)
+    return [row.as_json() for row in view.partitions]
+
+
+async def collect(settings: Settings, cfg: LagConfig, group: str | None) -> LagView:
     store = RedisStore.from_config(settings.redis)
     # Freshness belongs to the feedback group's view: shown unless another group was asked for.
     learners = _learner_source(store) if group in (None, settings.feedback.group_id) else None

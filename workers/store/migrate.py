@@ -85,9 +85,7 @@ def _settings_url() -> str:
     from workers.settings import load_settings
 
     settings = load_settings()
-    # The `database` section is DatabaseConfig; older settings objects lack it.
-    config = getattr(settings, "database", None) or DatabaseConfig()
-    return database_url(config, settings.data_dir)
+    return database_url(settings.database, settings.data_dir)
 
 
 def _given_url(url: str) -> str:
