@@ -197,11 +197,17 @@ class JobStore:
         """
         now = self.clock()
         ready = now - timedelta(seconds=settle_s)
+        waiting = TrainingJob.status == "queued", TrainingJob.requested_at <= ready
+        # An idle trainer polls every second: look in a read transaction first, so that an empty queue
+        # never takes SQLite's write lock from the feedback worker's sample writes.
+        with self._tx("job claim", write=False) as s:
+            if s.scalars(select(TrainingJob.id).where(*waiting).limit(1)).first() is None:
+                return None
         with self._tx("job claim") as s:
             for _ in range(_CONFLICT_RETRIES):
                 job_id = s.scalars(
                     select(TrainingJob.id)
-                    .where(TrainingJob.status == "queued", TrainingJob.requested_at <= ready)
+                    .where(*waiting)
                     .order_by(TrainingJob.created_at, TrainingJob.id)
                     .limit(1)
                     .with_for_update(skip_locked=True)
