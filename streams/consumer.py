@@ -30,7 +30,7 @@ from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, Pa
 from streams.lifecycle import Lifecycle
 from streams.metrics import LearnedTally, Metrics, default_metrics
 from streams.ports import PartitionStateStore, SampleSink
-from streams.producer import route
+from streams.producer import send_and_wait
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -288,14 +288,9 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _send(self, events: list[Envelope]) -> None:
         """Send derived events and wait for the acks: a snapshot never covers an unsent output."""
-        if not events:
-            return
-        assert self._producer is not None
-        futures = []
-        for e in events:
-            topic, key = route(e, self.topics)
-            futures.append(await self._producer.send(topic, value=e.to_json(), key=key))
-        await asyncio.gather(*futures)
+        if events:
+            assert self._producer is not None
+            await send_and_wait(self._producer, events, self.topics)
 
     async def _maybe_commit(self, *, idle: bool = False) -> None:
         """Snapshot every ``snapshot_every_events`` or ``snapshot_every_s``, and when the input runs dry.

@@ -29,7 +29,7 @@ from streams.derived import dead_letter, derived_id
 from streams.lifecycle import Lifecycle
 from streams.metrics import Metrics, default_metrics
 from streams.ports import RecordLike
-from streams.producer import route
+from streams.producer import send_and_wait
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -302,11 +302,7 @@ class ConversationConsumer:
         assert self._consumer is not None and self._producer is not None
         t0 = time.perf_counter()
         outputs = await asyncio.to_thread(self.processor.finish, prepared, self.stats)
-        futures = []
-        for e in outputs:
-            topic, key = route(e, self.topics)
-            futures.append(await self._producer.send(topic, value=e.to_json(), key=key))
-        await asyncio.gather(*futures)
+        await send_and_wait(self._producer, outputs, self.topics)
         await self._consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
         self.stats.batches += 1
         self.stats.last_batch_s = time.perf_counter() - t0

@@ -67,6 +67,15 @@ def as_event(item: EventLike) -> Envelope:
     return parse_event(item if isinstance(item, bytes | str) else dict(item))
 
 
+async def send_and_wait(producer: AIOKafkaProducer, events: Iterable[Envelope], topics: Topics) -> None:
+    """Send each event to its topic with its key (:func:`route`), then wait until every one is acknowledged."""
+    futures = []
+    for e in events:
+        topic, key = route(e, topics)
+        futures.append(await producer.send(topic, value=e.to_json(), key=key))
+    await asyncio.gather(*futures)
+
+
 class EventProducer:
     """Async producer for learnloop events.
 
