@@ -59,6 +59,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(dt: datetime) -> datetime:
+    """``dt`` in UTC; a naive value (as engines without time zones return them) is taken as UTC.
+
+    >>> as_utc(datetime(2026, 1, 1, 12)).isoformat()
+    '2026-01-01T12:00:00+00:00'
+    """
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
 Timestamp = Annotated[datetime, AfterValidator(_require_offset)]
 """An RFC 3339 timestamp with an offset; naive values are rejected."""
 

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from learners.knowledge.model import GraphBatch
+from schemas.envelope import as_utc
 from schemas.errors import BackPressureError, ConfigError, DuplicateEvents, GraphError
 from workers.graph.queries import (
     CREATE_EVENTS,
@@ -58,15 +59,10 @@ from workers.graph.queries import (
     GraphReader,
 )
 
-__all__ = ["CypherGraph", "utc"]
+__all__ = ["CypherGraph"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def utc(dt: datetime) -> datetime:
-    """An aware UTC datetime (naive input is taken as UTC)."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 class CypherGraph(GraphReader, ABC):
@@ -93,7 +89,7 @@ class CypherGraph(GraphReader, ABC):
 
     def _time(self, dt: datetime) -> Any:
         """A datetime as the engine stores it (UTC)."""
-        return utc(dt)
+        return as_utc(dt)
 
     # --- write side ----------------------------------------------------------------------
 

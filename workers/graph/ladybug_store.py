@@ -27,14 +27,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 import ladybug
 
+from schemas.envelope import as_utc
 from schemas.errors import ReadOnlyViolation, StoreUnavailable
-from workers.graph import CypherGraph, utc
+from workers.graph import CypherGraph
 from workers.graph.queries import Run, merge_related
 
 DB_FILE = "graph.lbdb"
@@ -53,7 +54,7 @@ SCHEMA = (
 
 def _from_engine(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
     if isinstance(value, list):
         return [_from_engine(v) for v in value]
     if isinstance(value, dict):
@@ -132,7 +133,7 @@ class LadybugGraph(CypherGraph):
         self._reset()
 
     def _time(self, dt: datetime) -> Any:
-        return utc(dt).replace(tzinfo=None)
+        return as_utc(dt).replace(tzinfo=None)
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Run]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import islice
 from typing import Any, ClassVar
 
@@ -26,6 +26,7 @@ import neo4j
 from neo4j.exceptions import DriverError, Neo4jError
 from neo4j.time import DateTime as Neo4jDateTime
 
+from schemas.envelope import as_utc
 from workers.graph import CypherGraph
 from workers.graph.queries import Run, merge_related
 
@@ -39,9 +40,9 @@ CONSTRAINTS = (
 def _from_engine(value: Any) -> Any:
     if isinstance(value, Neo4jDateTime):
         native = value.to_native()
-        return native.replace(tzinfo=UTC) if native.tzinfo is None else native.astimezone(UTC)
+        return as_utc(native)
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
     if hasattr(value, "to_native"):  # neo4j Date, Time
         return value.to_native()
     if isinstance(value, (list, tuple)):

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from schemas.envelope import MAX_NAME
+from schemas.envelope import MAX_NAME, as_utc
 from workers.store.samples import LabelValue
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "rejected"]
@@ -64,7 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
 
 class Base(DeclarativeBase):
