@@ -20,7 +20,7 @@ from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig
 from workers.api.config import ApiConfig
 from workers.lag.config import LagConfig
-from workers.store.config import DatabaseConfig
+from workers.store.config import DatabaseConfig, redact_url
 from workers.trainer.config import MlflowConfig, TrainerConfig
 
 DEV_SNAPSHOT_KEY = "learnloop-dev-only-snapshot-key"
@@ -153,7 +153,7 @@ class Settings(BaseSettings):
 
 def _without_password(value: object) -> object:
     # A URL's userinfo is how Redis (and others) take a password: never echo it.
-    return re.sub(r"(?<=://)[^/@\s]*@", "***@", value) if isinstance(value, str) else value
+    return redact_url(value) if isinstance(value, str) else value
 
 
 def load_settings(**overrides: object) -> Settings:

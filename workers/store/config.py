@@ -5,6 +5,7 @@ Kept free of SQLAlchemy so that ``workers.settings`` can import it cheaply.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -65,3 +66,12 @@ def database_url(config: DatabaseConfig, data_dir: Path) -> str:
     if scheme.lower() == "postgresql":
         return f"postgresql+psycopg://{rest}"
     return config.url
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of its userinfo, for logs and messages (any scheme).
+
+    >>> redact_url("postgresql://ll:secret@db/ll"), redact_url("redis://:pw@cache:6379/0")
+    ('postgresql://***@db/ll', 'redis://***@cache:6379/0')
+    """
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)

@@ -11,7 +11,6 @@ immediate one waits for the write lock up front.
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from schemas.errors import StoreUnavailable
-from workers.store.config import DatabaseConfig, database_url
+from workers.store.config import DatabaseConfig, database_url, redact_url
 
 BUSY_TIMEOUT_S = 30.0
 _IMMEDIATE = "learnloop_sqlite_immediate"
@@ -101,7 +100,7 @@ def _use_wal(cursor: Any) -> None:
 
 def describe(url: str) -> str:
     """``url`` without its password, for logs and messages."""
-    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
+    return redact_url(url)
 
 
 def _first_line(exc: sa_exc.SQLAlchemyError) -> str:
