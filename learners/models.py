@@ -148,10 +148,6 @@ class SparseKey(str):
     __slots__ = ()
 
 
-def is_sparse_key(key: object) -> bool:
-    return type(key) is SparseKey
-
-
 class DenseScaler(base.Transformer):
     """River's ``StandardScaler`` on the numeric features only; word and one-hot features pass as they are.
 
@@ -174,8 +170,7 @@ class DenseScaler(base.Transformer):
         return {k: v for k, v in x.items() if type(k) is not SparseKey}
 
     def learn_one(self, x: dict[Any, Any]) -> None:
-        dense = self._dense(x)
-        self.scaler.learn_one(dense if len(dense) < len(x) else x)  # type: ignore[no-untyped-call]
+        self.scaler.learn_one(self._dense(x))  # type: ignore[no-untyped-call]
 
     def transform_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
         dense = self._dense(x)
