@@ -37,6 +37,7 @@ from schemas import FeedbackEvent, parse_event
 from streams.admin import ensure_topics
 from streams.config import FeedbackConfig, KafkaConfig
 from streams.consumer import FeedbackConsumer
+from streams.dedup import DedupCache
 from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
 from streams.ports import RecordLike
 from streams.producer import EventProducer
@@ -161,10 +162,11 @@ async def run_consumer(s: Settings, n: int, paced: tuple[list[bytes], float] | N
     """A FeedbackConsumer in-process, wired as the integration tests do, until ``n`` events are snapshotted."""
     fb = s.feedback
     store = TimedStore(s.redis.url, prefix=s.redis.key_prefix, dedup_window=fb.dedup_window)
+    window = DedupCache(store, window=fb.dedup_window)
     processor = TimedProcessor(track=paced is not None, learners=load_learners_file(s.learners_file, required=True),
-                               store=store, joins=store, source="bench", join_ttl_s=fb.join_ttl_s,
-                               orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max)
-    consumer = FeedbackConsumer(kafka=s.kafka, config=fb, processor=processor, store=store,
+                               store=window, joins=store, source="bench", join_ttl_s=fb.join_ttl_s,
+                               orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max, collect_samples=False)
+    consumer = FeedbackConsumer(kafka=s.kafka, config=fb, processor=processor, store=window,
                                 snapshot_key=s.snapshot.key.get_secret_value().encode())
     await ensure_topics(s.kafka, consumer.topics.all())
     gc.collect()

@@ -29,7 +29,7 @@ from streams.dedup import DedupCache
 from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
 from streams.lifecycle import Lifecycle
 from streams.metrics import LearnedTally, Metrics, default_metrics
-from streams.ports import PartitionStateStore, SampleSink
+from streams.ports import SampleSink
 from streams.producer import send_and_wait
 from streams.topics import Topics
 
@@ -45,7 +45,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         kafka: KafkaConfig,
         config: FeedbackConfig,
         processor: FeedbackProcessor,
-        store: PartitionStateStore,
+        store: DedupCache,
         snapshot_key: bytes,
         topics: Topics | None = None,
         samples: SampleSink | None = None,
@@ -54,12 +54,14 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.kafka = kafka
         self.config = config
         self.processor = processor
-        self.store = DedupCache(store, window=config.dedup_window)
-        processor.store = self.store  # the processor's dedup lookups go through the local window
+        if processor.store is not store:
+            raise ValueError("the processor must look duplicates up in the consumer's DedupCache (the local window)")
+        if processor.collect_samples != (samples is not None):
+            raise ValueError("the processor collects samples exactly when the consumer has a sample sink")
+        self.store = store
         self.snapshot_key = snapshot_key
         self.topics = topics or Topics(kafka.topic_prefix)
         self.samples = samples
-        processor.collect_samples = samples is not None
         self._pending_samples: list[LearnedSample] = []
         self.states: dict[TopicPartition, PartitionState] = {}
         self.stats = ConsumerStats()

@@ -148,6 +148,7 @@ class FeedbackProcessor:
         orphan_wait_s: float = 60.0,
         orphan_max: int = 50_000,
         clock: Any = time.time,
+        collect_samples: bool = True,
     ) -> None:
         self.learners = learners
         self.store = store
@@ -157,7 +158,7 @@ class FeedbackProcessor:
         self.orphan_wait_s = orphan_wait_s
         self.orphan_max = orphan_max
         self.clock = clock
-        self.collect_samples = True  # the consumer turns this off when nothing stores samples
+        self.collect_samples = collect_samples  # off when nothing stores samples: no LearnedSample is built
         self._recent: dict[tuple[str, int], tuple[list[str], set[str]]] = {}
 
     # -- dead letters --------------------------------------------------------

@@ -13,6 +13,7 @@ from schemas import DriftEvent
 from streams.admin import ensure_topics
 from streams.app import LoopService, add_drift_agent, create_app
 from streams.consumer import FeedbackConsumer
+from streams.dedup import DedupCache
 from streams.feedback import FeedbackProcessor
 from streams.metrics import serve_metrics
 from streams.topics import Topics
@@ -34,15 +35,6 @@ class FeedbackWorker:
         learners = learners or load_learners_file(settings.learners_file)
         store = RedisStore.from_config(settings.redis, dedup_window=settings.feedback.dedup_window)
         fb = settings.feedback
-        processor = FeedbackProcessor(
-            learners=learners,
-            store=store,
-            joins=store,
-            source=settings.source,
-            join_ttl_s=fb.join_ttl_s,
-            orphan_wait_s=fb.orphan_wait_s,
-            orphan_max=fb.orphan_max,
-        )
         sink = None
         if fb.store_samples:
             from workers.sample_sink import SqlSampleSink
@@ -53,11 +45,22 @@ class FeedbackWorker:
 
             upgrade(database_url(settings.database, settings.data_dir))
             sink = SqlSampleSink(FeedbackStore(engine_for(settings.database, settings.data_dir)))
+        window = DedupCache(store, window=fb.dedup_window)  # dedup lookups stay local to the partition owner
+        processor = FeedbackProcessor(
+            learners=learners,
+            store=window,
+            joins=store,
+            source=settings.source,
+            join_ttl_s=fb.join_ttl_s,
+            orphan_wait_s=fb.orphan_wait_s,
+            orphan_max=fb.orphan_max,
+            collect_samples=sink is not None,
+        )
         consumer = FeedbackConsumer(
             kafka=settings.kafka,
             config=fb,
             processor=processor,
-            store=store,
+            store=window,
             snapshot_key=settings.snapshot.key.get_secret_value().encode(),
             samples=sink,
         )

@@ -16,6 +16,7 @@ from learners.config import load_learners_file
 from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, RetrainRequest, parse_event
 from streams.admin import ensure_topics
 from streams.consumer import FeedbackConsumer
+from streams.dedup import DedupCache
 from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
 from streams.ports import RecordLike, SampleSink
 from streams.producer import EventProducer
@@ -63,13 +64,14 @@ async def start_consumer(
     settings.learners_file.write_text(LEARNERS)
     fb = settings.feedback.model_copy(update=overrides)
     store = RedisStore.from_config(settings.redis, dedup_window=fb.dedup_window)
+    window = DedupCache(store, window=fb.dedup_window)
     processor = processor_class(
         learners=load_learners_file(settings.learners_file, required=True),
-        store=store, joins=store, source="test", join_ttl_s=fb.join_ttl_s,
-        orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max,
+        store=window, joins=store, source="test", join_ttl_s=fb.join_ttl_s,
+        orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max, collect_samples=samples is not None,
     )
     consumer = FeedbackConsumer(
-        kafka=settings.kafka, config=fb, processor=processor, store=store,
+        kafka=settings.kafka, config=fb, processor=processor, store=window,
         snapshot_key=settings.snapshot.key.get_secret_value().encode(), samples=samples,
     )
     await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())

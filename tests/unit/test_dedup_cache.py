@@ -47,3 +47,28 @@ async def test_an_unwarmed_partition_asks_the_store() -> None:
     store.ids[("t", 1)] = ["a"]
     cache = DedupCache(store, window=10)  # type: ignore[arg-type]
     assert await cache.seen("t", 1, ["a", "b"]) == [True, False]
+
+
+def test_the_consumer_refuses_a_processor_wired_to_another_window() -> None:
+    import pytest
+
+    from learners.config import LearnersConfig
+    from streams.config import FeedbackConfig, KafkaConfig
+    from streams.consumer import FeedbackConsumer
+    from streams.feedback import FeedbackProcessor
+
+    store = WindowStore(window=10)
+    window = DedupCache(store, window=10)  # type: ignore[arg-type]
+    learners = LearnersConfig.from_mapping({"learners": {"sea": {"task": "binary"}}})
+
+    def consumer(processor_store: object, collect: bool) -> FeedbackConsumer:
+        processor = FeedbackProcessor(learners=learners, store=processor_store, joins=None,  # type: ignore[arg-type]
+                                      source="t", collect_samples=collect)
+        return FeedbackConsumer(kafka=KafkaConfig(), config=FeedbackConfig(), processor=processor, store=window,
+                                snapshot_key=b"k" * 32)
+
+    assert consumer(window, False).store is window
+    with pytest.raises(ValueError, match="DedupCache"):
+        consumer(store, False)  # the raw store: lookups would bypass the local window
+    with pytest.raises(ValueError, match="sample sink"):
+        consumer(window, True)  # would build samples nobody stores
