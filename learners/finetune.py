@@ -261,7 +261,9 @@ def _run(
     report_every = max(1, total // 20)
     best_loss, best_acc, best_state, bad_evals = math.inf, math.nan, None, 0
     step = seen = epochs_run = 0
-    train_time, running, running_n, last_loss = 0.0, 0.0, 0, math.nan
+    # The running loss stays on the device: reading it back (.item()) every micro-batch would make the
+    # host wait for the GPU each time; it is read at reports and evaluations only.
+    train_time, running, running_n, last_loss = 0.0, torch.zeros((), device=device), 0, math.nan
     last_eval_step, stop = -1, False
 
     def emit(stage: str, epoch: int, **values: Any) -> None:
@@ -279,7 +281,7 @@ def _run(
         nonlocal best_loss, best_acc, best_state, bad_evals, last_eval_step
         val_loss, val_acc = loss_and_accuracy(model, val_loader, device, amp)
         last_eval_step = step
-        train_loss = round(running / running_n, 5) if running_n else last_loss
+        train_loss = round(float(running) / running_n, 5) if running_n else last_loss
         emit("eval", epoch, loss=train_loss, val_loss=val_loss, val_accuracy=val_acc)
         if val_loss < best_loss:
             best_loss, best_acc, bad_evals = val_loss, val_acc, 0
@@ -302,7 +304,7 @@ def _run(
                 logits = logits_of(model, batch, device)
             loss = weighted_cross_entropy(logits, y, w)
             scaler.scale(loss / window).backward()  # type: ignore[no-untyped-call]
-            running, running_n, seen = running + loss.item(), running_n + 1, seen + len(y)
+            running, running_n, seen = running + loss.detach().float(), running_n + 1, seen + len(y)
             if i + 1 != window_start + window:
                 continue
             scaler.unscale_(optimizer)
@@ -313,11 +315,11 @@ def _run(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % report_every == 0 or step == total:
+                last_loss = round(float(running) / running_n, 5)  # waits for the device: time it in
                 train_time += time.perf_counter() - started
                 started = time.perf_counter()
-                last_loss = round(running / running_n, 5)
                 emit("train", epoch, loss=last_loss)
-                running, running_n = 0.0, 0
+                running, running_n = torch.zeros((), device=device), 0
             if config.eval_every_steps and step % config.eval_every_steps == 0:
                 train_time += time.perf_counter() - started
                 stop = evaluate(epoch)

@@ -375,20 +375,20 @@ def loss_and_accuracy(
     """Weighted mean loss (unweighted when every weight is 0) and plain accuracy over ``loader``."""
     was_training = model.training
     model.eval()
-    weighted = weight = plain = 0.0
-    correct = n = 0
+    # Sums stay on the device and are read back once, not once per batch (each read waits for the GPU).
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # weighted loss, weight, loss, correct
+    n = 0
     with torch.inference_mode():
         for batch in loader:
             with amp():
                 logits = logits_of(model, batch, device)
             y, w = batch["labels"].to(device), batch["weights"].to(device)
             losses = F.cross_entropy(logits.float(), y, reduction="none")
-            weighted += float((losses * w).sum())
-            weight += float(w.sum())
-            plain += float(losses.sum())
-            correct += int((logits.argmax(-1) == y).sum())
+            parts = ((losses * w).sum(), w.sum(), losses.sum(), (logits.argmax(-1) == y).sum())
+            sums += torch.stack([p.double() for p in parts])
             n += len(y)
     model.train(was_training)
+    weighted, weight, plain, correct = sums.tolist()
     return (weighted / weight if weight > 0 else plain / n), correct / n
 
 
