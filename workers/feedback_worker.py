@@ -38,13 +38,10 @@ class FeedbackWorker:
         sink = None
         if fb.store_samples:
             from workers.sample_sink import SqlSampleSink
-            from workers.store.config import database_url
-            from workers.store.engine import engine_for
             from workers.store.feedback import FeedbackStore
-            from workers.store.migrate import upgrade
+            from workers.store.migrate import migrated_engine
 
-            upgrade(database_url(settings.database, settings.data_dir))
-            sink = SqlSampleSink(FeedbackStore(engine_for(settings.database, settings.data_dir)))
+            sink = SqlSampleSink(FeedbackStore(migrated_engine(settings.database, settings.data_dir)))
         window = DedupCache(store, window=fb.dedup_window)  # dedup lookups stay local to the partition owner
         processor = FeedbackProcessor(
             learners=learners,

@@ -20,11 +20,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from schemas.errors import ConfigError, LearnloopError
 from workers.store.config import DatabaseConfig, database_url
-from workers.store.engine import available, describe, make_engine, writer
+from workers.store.engine import available, describe, engine_for, make_engine, writer
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant will do: it only has to be the same for every learnloop process.
@@ -69,6 +69,12 @@ def upgrade(url: str) -> None:
                 command.upgrade(cfg, "head")
     finally:
         engine.dispose()
+
+
+def migrated_engine(config: DatabaseConfig, data_dir: Path) -> Engine:
+    """The settings' database brought to the head revision, and an engine on it (what every worker opens)."""
+    upgrade(database_url(config, data_dir))
+    return engine_for(config, data_dir)
 
 
 def current_revision(url: str) -> str | None:

@@ -16,11 +16,9 @@ from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.feedback_worker import run_faust
 from workers.settings import Settings
-from workers.store.config import database_url
-from workers.store.engine import engine_for
 from workers.store.feedback import FeedbackStore
 from workers.store.jobs import JobStore
-from workers.store.migrate import upgrade
+from workers.store.migrate import migrated_engine
 from workers.trainer.pipeline import TrainingPipeline
 from workers.trainer.service import Trainer
 
@@ -31,8 +29,7 @@ def build_trainer(settings: Settings, learners: LearnersConfig | None = None) ->
     from workers.training.registry import ModelRegistry  # imports MLflow: only where it is needed
 
     learners = learners or load_learners_file(settings.learners_file)
-    upgrade(database_url(settings.database, settings.data_dir))  # schema managed by Alembic
-    engine = engine_for(settings.database, settings.data_dir)
+    engine = migrated_engine(settings.database, settings.data_dir)  # schema managed by Alembic
     registry = ModelRegistry(settings.mlflow, settings.data_dir)
     pipeline = TrainingPipeline(
         store=FeedbackStore(engine), registry=registry, finetune=settings.training,
