@@ -43,9 +43,7 @@ class Extractor(Protocol):
 class KnowledgeGraph(Protocol):
     def known_events(self, event_ids: Sequence[str]) -> set[str]: ...
 
-    def write(self, batch: GraphBatch) -> list[str]: ...
-
-    def validated(self, relations: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]: ...
+    def write_validated(self, batch: GraphBatch) -> tuple[list[str], set[tuple[str, str, str]]]: ...
 
 
 @dataclass
@@ -133,12 +131,11 @@ class ConversationProcessor:
         # BackPressureError propagates: the caller pauses. Only what this write added counts: a prepared
         # batch may overlap one written after its known_events lookup (a redelivery, pipelined).
         try:
-            batch, extractions = write_new(self.graph, prepared.extractions)
+            extractions, validated = write_new(self.graph, prepared.extractions)
         except Exception:
             self.metrics.graph_write_failures.inc()
             raise
         self.metrics.graph_write_seconds.observe(time.perf_counter() - t1)
-        validated = self.graph.validated([(r.subject, r.predicate, r.object) for r in batch.relations])
         stats.write_s += time.perf_counter() - t1
         stats.written += len(extractions)
         stats.redelivered += len(prepared.extractions) - len(extractions)
@@ -175,8 +172,8 @@ class ConversationProcessor:
 
 def write_new(
     graph: KnowledgeGraph, extractions: Sequence[Extraction], *, attempts: int = 3
-) -> tuple[GraphBatch, list[Extraction]]:
-    """Write the extractions as one folded batch; return the batch and the extractions it holds.
+) -> tuple[list[Extraction], set[tuple[str, str, str]]]:
+    """Write the extractions as one folded batch; return those written and the facts now validated.
 
     An event repeated in ``extractions`` counts once. A batch the graph already holds entirely
     writes nothing (a redelivery: none returned); one it holds in part raises ``DuplicateEvents``
@@ -184,10 +181,10 @@ def write_new(
     """
     fresh = list({ex.event_id: ex for ex in extractions}.values())
     for _ in range(attempts):
-        batch = GraphBatch.fold(fresh)
         try:
-            written = set(graph.write(batch))
-            return batch, [ex for ex in fresh if ex.event_id in written]
+            ids, validated = graph.write_validated(GraphBatch.fold(fresh))
+            written = set(ids)
+            return [ex for ex in fresh if ex.event_id in written], validated
         except DuplicateEvents as exc:
             log.info("graph: %s; folding the rest again", exc)
             fresh = [ex for ex in fresh if ex.event_id not in exc.event_ids]

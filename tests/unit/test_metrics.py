@@ -168,14 +168,11 @@ class FakeGraph:
     def known_events(self, event_ids: Iterable[str]) -> set[str]:
         return self.events & set(event_ids)
 
-    def write(self, batch: GraphBatch) -> list[str]:
+    def write_validated(self, batch: GraphBatch) -> tuple[list[str], set[tuple[str, str, str]]]:
         if self.down:
             raise BackPressureError("graph down")
         self.events.update(batch.event_ids)
-        return list(batch.event_ids)
-
-    def validated(self, relations: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-        return set()
+        return list(batch.event_ids), set()
 
 
 def turns(n: int, topic: str = "learnloop.conversations", start: int = 0) -> list[SimpleNamespace]:

@@ -55,7 +55,6 @@ from workers.graph.queries import (
     MERGE_CONVERSATIONS,
     MERGE_ENTITIES,
     MERGE_MENTIONS,
-    VALIDATED_OF,
     GraphReader,
 )
 
@@ -105,23 +104,14 @@ class CypherGraph(GraphReader, ABC):
 
         return self._retrying("event lookup", lookup)
 
-    def validated(self, relations: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-        """Which of these (subject key, predicate, object key) facts are validated now (retried like a write)."""
-        rows = [{"subject": s, "predicate": p, "object": o} for s, p, o in dict.fromkeys(relations)]
-        if not rows:
-            return set()
-
-        def lookup() -> set[tuple[str, str, str]]:
-            with self._transaction(write=False) as run:
-                return {
-                    (str(r["subject"]), str(r["predicate"]), str(r["object"]))
-                    for r in run(VALIDATED_OF, {"rows": rows})
-                }
-
-        return self._retrying("validation lookup", lookup)
-
     def write(self, batch: GraphBatch) -> list[str]:
-        """Write one folded batch in one transaction; return its event ids, or ``[]`` if all were known.
+        """Write one folded batch in one transaction; return its event ids, or ``[]`` if all were known."""
+        return self.write_validated(batch)[0]
+
+    def write_validated(self, batch: GraphBatch) -> tuple[list[str], set[tuple[str, str, str]]]:
+        """:meth:`write`, plus which of the batch's (subject, predicate, object) facts are validated now.
+
+        The upsert computes ``validated`` anyway, so the answer costs no second query.
 
         Raises ``DuplicateEvents`` if only some were known, ``BackPressureError``
         after ``retries`` failed attempts, ``ValueError`` for a batch that repeats
@@ -129,7 +119,7 @@ class CypherGraph(GraphReader, ABC):
         """
         ids = list(batch.event_ids)
         if not ids:
-            return []
+            return [], set()
         if len(set(ids)) != len(ids):
             raise ValueError("the batch repeats event ids: drop duplicate extractions before folding")
         t = self._time
@@ -147,12 +137,12 @@ class CypherGraph(GraphReader, ABC):
         ]  # fmt: skip
         conversations = list(dict.fromkeys(batch.conversations))
 
-        def attempt() -> list[str]:
+        def attempt() -> tuple[list[str], set[tuple[str, str, str]]]:
             with self._transaction(write=True) as run:
                 known = {str(r["id"]) for r in run(KNOWN_EVENTS, {"ids": ids})}
                 if known:
                     if known.issuperset(ids):
-                        return []
+                        return [], set()
                     raise DuplicateEvents(frozenset(known))
                 run(CREATE_EVENTS, {"ids": ids, "now": t(datetime.now(UTC))})
                 if conversations:
@@ -161,16 +151,19 @@ class CypherGraph(GraphReader, ABC):
                     run(MERGE_ENTITIES, {"rows": entities})
                 if mentions:
                     run(MERGE_MENTIONS, {"rows": mentions})
+                validated: set[tuple[str, str, str]] = set()
                 if relations:
                     params = {"rows": relations, "min_support": self.min_support,
                               "min_confidence": self.min_confidence}  # fmt: skip
                     merged = run(self.MERGE_RELATED, params)
-                    if (int(merged[0]["n"]) if merged else 0) != len(relations):
+                    if len(merged) != len(relations):
                         raise GraphError(
                             "a relation names an entity that is neither in the batch nor in the graph; "
                             "nothing was written"
                         )
-                return ids
+                    validated = {(str(r["subject"]), str(r["predicate"]), str(r["object"])) for r in merged
+                                 if r["validated"]}  # fmt: skip
+                return ids, validated
 
         return self._retrying("write", attempt)
 

@@ -27,15 +27,6 @@ EVENT_IDS_KEPT = 100
 
 KNOWN_EVENTS = "UNWIND $ids AS id MATCH (s:SourceEvent {id: id}) RETURN s.id AS id"
 
-VALIDATED_OF = """
-UNWIND $rows AS t
-MATCH (a:Entity {key: t.subject})
-MATCH (b:Entity {key: t.object})
-MATCH (a)-[r:RELATED]->(b)
-WHERE r.predicate = t.predicate AND r.validated = true
-RETURN a.key AS subject, r.predicate AS predicate, b.key AS object
-"""
-
 CREATE_EVENTS = "UNWIND $ids AS id CREATE (:SourceEvent {id: id, written_at: $now})"
 
 MERGE_CONVERSATIONS = "UNWIND $ids AS id MERGE (:Conversation {id: id})"
@@ -78,7 +69,7 @@ ON MATCH SET x.support = size(UNION),
              x.event_ids = (x.event_ids + r.event_ids)[-KEPT..],
              x.first_seen = CASE WHEN r.first_seen < x.first_seen THEN r.first_seen ELSE x.first_seen END,
              x.last_seen = CASE WHEN r.last_seen > x.last_seen THEN r.last_seen ELSE x.last_seen END
-RETURN count(x) AS n
+RETURN a.key AS subject, x.predicate AS predicate, b.key AS object, x.validated AS validated
 """
 
 
