@@ -42,9 +42,9 @@ from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
 from streams.ports import RecordLike
 from streams.producer import EventProducer
 from streams.topics import Topics
-from workers.embedded import EmbeddedBroker, EmbeddedRedis
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings, load_settings
+from workers.stack.embedded import EmbeddedBroker, EmbeddedRedis
 
 LEARNERS = '[learners.sea]\ntask = "binary"\nmodel = "{model}"\n[learners.sea.drift]\ndelta = 0.002\ncooldown = 1000\n'
 KEY = b"sea"

@@ -40,12 +40,12 @@ from streams.config import KafkaConfig
 from streams.conversations import ConversationConsumer, ConversationProcessor, ConversationStats, Prepared
 from streams.producer import EventProducer
 from streams.topics import Topics
-from workers.embedded import EmbeddedBroker
 from workers.graph.ladybug_store import LadybugGraph
 from workers.settings import GraphConfig
+from workers.stack.embedded import EmbeddedBroker
 
 Result = dict[str, Any]
-DEMO = Path(__file__).resolve().parent.parent / "workers" / "data" / "demo_conversations.jsonl"
+DEMO = Path(__file__).resolve().parent.parent / "workers" / "stack" / "data" / "demo_conversations.jsonl"
 TARGET = 0.8
 
 # Small pools, so the same entities come back across conversations (as in a support inbox).
@@ -189,7 +189,7 @@ async def whole_path(kafka: KafkaConfig, extractor: KnowledgeExtractor, n: int, 
     """A ConversationConsumer in-process (as tests/integration/test_conversation_agent.py wires it)."""
     cfg = extractor.config
     graph = LadybugGraph(graph_dir, min_support=cfg.min_support, min_confidence=cfg.min_confidence,
-                         threads=GraphConfig().threads)  # as the worker opens it (workers/graph_factory.py)
+                         threads=GraphConfig().threads)  # as the worker opens it (workers/graph/factory.py)
     graph.stats()  # open and create the schema outside the timed span, as a running worker already has
     processor = TimedProcessor(n=n, extractor=extractor, graph=graph, source="bench")
     consumer = ConversationConsumer(kafka=kafka, group_id=f"{kafka.topic_prefix}group", processor=processor,

@@ -26,7 +26,7 @@ from bench.training_e2e import end_to_end
 from bench.training_rows import BARE_BATCHES, in_process
 from learners.evaluation import LATENCY_SAMPLES
 from learners.textclf import pick_device
-from workers.embedded import EmbeddedBroker
+from workers.stack.embedded import EmbeddedBroker
 
 # The reference figures: CPU, batch 16, max_length 64 (samples/s).
 REF_TRAIN, REF_INFER = 137.0, 356.0

@@ -28,7 +28,7 @@ from streams.config import KafkaConfig
 from streams.derived import derived_id
 from streams.producer import EventProducer
 from streams.topics import Topics
-from workers.embedded import EmbeddedBroker
+from workers.stack.embedded import EmbeddedBroker
 from workers.store.engine import make_engine
 from workers.store.feedback import FeedbackStore
 from workers.store.jobs import JobStore, job_as_dict

@@ -1,6 +1,6 @@
 """The I/O the streams layer needs, as small protocols.
 
-The Redis adapters live in ``workers.redis_store``; tests of the pipeline use
+The Redis adapters live in ``workers.feedback.redis_store``; tests of the pipeline use
 in-memory ones. The pipeline never knows which it talks to.
 """
 

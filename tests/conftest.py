@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from streams.config import KafkaConfig
-from workers.embedded import EmbeddedBroker, EmbeddedRedis
 from workers.settings import Settings, load_settings
+from workers.stack.embedded import EmbeddedBroker, EmbeddedRedis
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -82,7 +82,7 @@ def settings(broker: EmbeddedBroker, redis_url: str, unique: str, tmp_path: Path
 
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[object]:
-    from workers.redis_store import RedisStore
+    from workers.feedback.redis_store import RedisStore
 
     s = RedisStore.from_config(settings.redis, dedup_window=settings.feedback.dedup_window)
     yield s

@@ -23,9 +23,9 @@ from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key, new_key
 from workers.api.server import BackgroundServer
 from workers.api.status import LagRows, lag_source
-from workers.embedded import free_port
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import RedisConfig, Settings
+from workers.stack.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +181,7 @@ async def test_lag_models_metrics_and_the_openapi_document(
 
 async def test_models_are_the_registered_versions_with_their_aliases(settings: Settings, tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="the model registry needs the train extra")
-    from workers.training.registry import ModelRegistry
+    from workers.trainer.registry import ModelRegistry
 
     registry = ModelRegistry(settings.mlflow, settings.data_dir)
     artifacts = tmp_path / "model"

@@ -22,7 +22,7 @@ from workers.api.deps import Gateway
 from workers.api.keys import hash_key, new_key
 from workers.api.server import BackgroundServer
 from workers.api.status import LagRows, ModelListing, ModelSource, lag_source, model_source
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
 
 CHROMIUM = shutil.which("chromium")

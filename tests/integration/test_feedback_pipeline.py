@@ -22,8 +22,8 @@ from streams.ports import RecordLike, SampleSink
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.integration.util import read_topic, wait_for
-from workers.redis_store import RedisStore
-from workers.sample_sink import SqlSampleSink
+from workers.feedback.redis_store import RedisStore
+from workers.feedback.sample_sink import SqlSampleSink
 from workers.settings import Settings
 from workers.store.engine import make_engine
 from workers.store.feedback import FeedbackStore

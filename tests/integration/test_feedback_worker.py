@@ -19,9 +19,9 @@ from tests.conftest import worker_env
 from tests.integration.util import cli_json, start_worker, stop_worker, wait_for
 from tests.reference import SEA_LEARNERS as LEARNERS
 from tests.reference import river_reference, sea_with_switch
-from workers.embedded import _redis_binary, free_port
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
+from workers.stack.embedded import _redis_binary, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -33,15 +33,15 @@ from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.conftest import worker_env
 from tests.integration.util import ROOT, start_worker, stop_worker, wait_for
-from workers.embedded import free_port
+from workers.feedback.redis_store import RedisStore
 from workers.lag.cli import known_groups, lag_command
 from workers.lag.config import LagConfig
 from workers.lag.exporter import LagExporter
 from workers.lag.monitor import LagMonitor, LagView, PartitionRow, TimeLagMethod
 from workers.lag.offsets import BrokerReader
 from workers.lag.status import Status
-from workers.redis_store import RedisStore
 from workers.settings import Settings
+from workers.stack.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
 
 

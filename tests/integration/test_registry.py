@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import DataWindow, ModelUpdate, parse_event
-from workers.training.registry import (
+from workers.trainer.registry import (
     JOB_TAG,
     MlflowConfig,
     ModelRegistry,

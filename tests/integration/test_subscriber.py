@@ -229,7 +229,7 @@ async def test_serves_a_registered_mlflow_model_end_to_end(
     import pandas as pd
 
     from tests.integration.test_registry import classifier_dir, new_registry
-    from workers.training.registry import code_version, model_update
+    from workers.trainer.registry import code_version, model_update
 
     registry = new_registry(tmp_path_factory, settings.data_dir)
     with registry.start_run("job-e2e", MODEL, {"lr": 2e-4}) as run:

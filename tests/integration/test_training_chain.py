@@ -30,8 +30,8 @@ from workers.store.migrate import upgrade
 from workers.store.samples import SampleIn
 from workers.trainer.config import MlflowConfig, TrainerConfig
 from workers.trainer.pipeline import TrainingPipeline
+from workers.trainer.registry import ModelRegistry
 from workers.trainer.service import Trainer
-from workers.training.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import ConfigError
+from workers.graph.factory import open_graph
 from workers.graph.ladybug_store import LadybugGraph
-from workers.graph_factory import open_graph
 from workers.settings import load_settings
 
 

@@ -20,7 +20,7 @@ from workers.api.metrics import ApiMetrics, RequestMetrics
 from workers.api.openapi import install_openapi
 from workers.api.ports import EventPublisher, KafkaPublisher, StatusStore
 from workers.api.status import status_router
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)

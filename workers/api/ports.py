@@ -30,7 +30,7 @@ class EventPublisher(Protocol):
 
 
 class StatusStore(Protocol):
-    """The read side of ``workers.redis_store.RedisStore`` the gateway uses."""
+    """The read side of ``workers.feedback.redis_store.RedisStore`` the gateway uses."""
 
     async def learner_statuses(self) -> list[dict[str, Any]]: ...
 

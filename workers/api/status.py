@@ -75,7 +75,7 @@ def _registry_versions(gateway: Gateway) -> ModelListing:
     with _registry_lock:
         if gateway.registry is None:
             try:
-                module = importlib.import_module("workers.training.registry")
+                module = importlib.import_module("workers.trainer.registry")
             except ImportError as error:
                 return ModelListing([], note=f"model registry not installed ({error}); install learnloop[train]")
             gateway.registry = module.ModelRegistry(s.mlflow, s.data_dir)

@@ -17,7 +17,7 @@ dataset_app = typer.Typer(help="Training data from the knowledge graph.", no_arg
 
 
 def _graph() -> Any:
-    from workers.graph_factory import open_graph
+    from workers.graph.factory import open_graph
 
     return open_graph(settings(), read_only=True)
 

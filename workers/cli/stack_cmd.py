@@ -11,7 +11,7 @@ from workers.cli.common import run_async, settings
 
 def dev() -> None:
     """Start a broker (Tansu), Redis and the feedback worker on loopback; Ctrl-C stops everything."""
-    from workers.stack import EmbeddedStack
+    from workers.stack.stack import EmbeddedStack
 
     s = settings()
     stack = EmbeddedStack(s)
@@ -39,9 +39,9 @@ def demo(
     live: bool = typer.Option(True, "--live/--no-live", help="Live terminal view."),
 ) -> None:
     """Run the embedded stack and replay a drifting stream through it while showing what it learns."""
-    from workers.demo import demo_learners_file, run_demo
     from workers.settings import load_settings
-    from workers.stack import EmbeddedStack
+    from workers.stack.demo import demo_learners_file, run_demo
+    from workers.stack.stack import EmbeddedStack
 
     if switch_at and switch_at >= events:
         raise typer.BadParameter(f"must be below --events ({events})", param_hint="--switch-at")

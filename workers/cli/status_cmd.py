@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from workers.cli.common import run_async, settings
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 
 
 async def _fetch(store: RedisStore) -> list[dict[str, Any]]:

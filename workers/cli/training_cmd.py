@@ -69,7 +69,7 @@ def models(
     name: str = typer.Option(None, "--model", help="Only this model."),
 ) -> None:
     """Registered model versions and their aliases (champion, challenger)."""
-    from workers.training.registry import ModelRegistry
+    from workers.trainer.registry import ModelRegistry
 
     s = settings()
     rows = ModelRegistry(s.mlflow, s.data_dir).versions(name)

@@ -14,7 +14,7 @@ def feedback() -> None:
     """Learn from learnloop.feedback (joined with learnloop.predictions); emit drift and retrain events."""
     from learners.config import load_learners_file
     from workers.cli import setup_logging
-    from workers.feedback_worker import run_feedback_worker
+    from workers.feedback.worker import run_feedback_worker
 
     s = settings()
     learners = load_learners_file(s.learners_file)  # a bad file fails here, in one line
@@ -26,7 +26,7 @@ def feedback() -> None:
 def conversations() -> None:
     """Extract entities and relations from learnloop.conversations into the knowledge graph."""
     from workers.cli import setup_logging
-    from workers.conversation_worker import run_conversation_worker
+    from workers.conversations.worker import run_conversation_worker
 
     s = settings()
     setup_logging(s.log_level)

@@ -25,11 +25,11 @@ from redis.exceptions import RedisError
 from schemas.errors import ConfigError, StoreUnavailable
 from streams.topics import Topics
 from workers.cli.common import run_async
+from workers.feedback.redis_store import RedisStore
 from workers.lag.config import LagConfig
 from workers.lag.exporter import LagExporter
 from workers.lag.monitor import LagMonitor, LagView, LearnerSource, ProgressSource
 from workers.lag.offsets import BrokerReader
-from workers.redis_store import RedisStore
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)

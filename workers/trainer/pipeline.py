@@ -26,7 +26,7 @@ from workers.store.feedback import FeedbackStore
 from workers.store.jobs import job_window
 from workers.store.models import TrainingJob
 from workers.trainer.config import TrainerConfig
-from workers.training.registry import ModelRegistry, code_version, model_update
+from workers.trainer.registry import ModelRegistry, code_version, model_update
 
 log = logging.getLogger(__name__)
 

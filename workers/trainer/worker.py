@@ -14,7 +14,7 @@ from streams.app import LoopService, create_app
 from streams.metrics import serve_metrics
 from streams.producer import EventProducer
 from streams.topics import Topics
-from workers.feedback_worker import run_faust
+from workers.feedback.worker import run_faust
 from workers.settings import Settings
 from workers.store.feedback import FeedbackStore
 from workers.store.jobs import JobStore
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(settings: Settings, learners: LearnersConfig | None = None) -> Trainer:
-    from workers.training.registry import ModelRegistry  # imports MLflow: only where it is needed
+    from workers.trainer.registry import ModelRegistry  # imports MLflow: only where it is needed
 
     learners = learners or load_learners_file(settings.learners_file)
     engine = migrated_engine(settings.database, settings.data_dir)  # schema managed by Alembic

@@ -10,8 +10,8 @@ from streams.app import LoopService, create_app
 from streams.conversations import ConversationConsumer, ConversationProcessor
 from streams.metrics import serve_metrics
 from streams.topics import Topics
-from workers.feedback_worker import run_faust
-from workers.graph_factory import open_graph
+from workers.feedback.worker import run_faust
+from workers.graph.factory import open_graph
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -40,14 +40,14 @@ from schemas import (
 from streams.admin import ensure_topics
 from streams.producer import EventProducer
 from streams.topics import Topics
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
 
 DEMO_LEARNERS = ("sea-linear", "sea-tree")
 
 
 def demo_learners_file() -> Path:
-    return Path(str(resources.files("workers").joinpath("demo_learners.toml")))
+    return Path(str(resources.files("workers.stack").joinpath("demo_learners.toml")))
 
 
 def sea_stream(n: int, *, switch_at: int, seed: int = 7) -> Iterator[tuple[dict[str, FeatureValue], bool]]:
@@ -61,7 +61,7 @@ def sea_stream(n: int, *, switch_at: int, seed: int = 7) -> Iterator[tuple[dict[
 
 def demo_conversations(round_: int) -> Iterator[ConversationEvent]:
     """The small support-chat corpus, as conversations of four turns, ids unique per round."""
-    path = resources.files("workers").joinpath("data/demo_conversations.jsonl")
+    path = resources.files("workers.stack").joinpath("data/demo_conversations.jsonl")
     for i, line in enumerate(path.read_text().splitlines()):
         turn = json.loads(line)
         yield ConversationEvent(

@@ -17,7 +17,7 @@ from streams.dedup import DedupCache
 from streams.feedback import FeedbackProcessor
 from streams.metrics import serve_metrics
 from streams.topics import Topics
-from workers.redis_store import RedisStore
+from workers.feedback.redis_store import RedisStore
 from workers.settings import DEV_SNAPSHOT_KEY, Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class FeedbackWorker:
         fb = settings.feedback
         sink = None
         if fb.store_samples:
-            from workers.sample_sink import SqlSampleSink
+            from workers.feedback.sample_sink import SqlSampleSink
             from workers.store.feedback import FeedbackStore
             from workers.store.migrate import migrated_engine
 

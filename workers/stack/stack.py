@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from workers.embedded import EmbeddedBroker, EmbeddedRedis
 from workers.settings import DEV_ENV_FILE, Settings
+from workers.stack.embedded import EmbeddedBroker, EmbeddedRedis
 
 
 def default_workers() -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""The conversation worker process: spaCy extraction into the knowledge graph."""

@@ -1,1 +1,0 @@
-"""Training-side MLflow integration: the registry and the stand-alone serving model."""
