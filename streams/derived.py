@@ -61,7 +61,11 @@ def dead_letter(rec: RecordLike, error: BaseException, *, source: str, reason: s
 
 
 def drift_events(learner: OnlineLearner, d: Any, *, source: str) -> list[Envelope]:
-    """The ``DriftEvent`` and the ``RetrainRequest`` of one drift alarm (``d``: the learner's drift outcome)."""
+    """The ``DriftEvent`` of one drift alarm (``d``: the learner's drift outcome), and its ``RetrainRequest``.
+
+    Only a learner whose spec names a ``retrain_model`` asks for a retrain: for any
+    other there is no model to rebuild, and a request would only become a failed job.
+    """
     drift = DriftEvent(
         event_id=derived_id("drift", learner.name, d.n_seen),
         source=source,
@@ -77,11 +81,14 @@ def drift_events(learner: OnlineLearner, d: Any, *, source: str) -> list[Envelop
     log.warning(
         "drift in learner %s at event %d: error %.3f -> %.3f", learner.name, d.n_seen, d.before_mean, d.after_mean
     )
+    model = learner.spec.retrain_model
+    if model is None:
+        return [drift]
     retrain = RetrainRequest(
         event_id=derived_id("retrain", learner.name, d.n_seen),
         request_id=derived_id("retrain-request", learner.name, d.n_seen),
         source=source,
-        model=learner.spec.retrain_model or learner.name,
+        model=model,
         reason="drift",
         learner=learner.name,
         drift_event_id=drift.event_id,

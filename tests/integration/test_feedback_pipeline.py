@@ -175,32 +175,42 @@ async def test_label_joins_the_features_of_its_prediction(settings: Settings, ru
 async def test_one_drift_event_and_one_retrain_request_per_drift(settings: Settings, running: Running) -> None:
     from tests.reference import sea_with_switch
 
-    events = [FeedbackEvent(learner="sea", features=x, label=y, source="t")
-              for x, y in sea_with_switch(4000, 4000)]
+    # "rated" sees the same drifting stream but names no retrain_model: drift events, no retrain request.
+    stream = sea_with_switch(4000, 4000)
+    events = [FeedbackEvent(learner=name, features=x, label=y, source="t")
+              for name in ("sea", "rated") for x, y in stream]
     async with EventProducer(settings.kafka) as p:
         await p.send_many(events)
 
     async def learned() -> bool:
-        return (await running.statuses()).get("sea", {}).get("n_learned") == len(events)
+        st = await running.statuses()
+        return all(st.get(name, {}).get("n_learned") == len(stream) for name in ("sea", "rated"))
 
-    await wait_for(learned, what="8,000 events learned")
-    status = (await running.statuses())["sea"]
+    await wait_for(learned, what="8,000 events learned by each learner")
+    statuses = await running.statuses()
+    status = statuses["sea"]
     assert status["drifts"] >= 1
+    assert statuses["rated"]["drifts"] >= 1
+    n_drifts = int(status["drifts"]) + int(statuses["rated"]["drifts"])  # type: ignore[call-overload]
     topics = Topics(settings.kafka.topic_prefix)
     drifts = [parse_event(r.value, DriftEvent) for r in
-              await read_topic(settings.kafka, topics.drift, expect=status["drifts"] + 1, timeout=3)]
+              await read_topic(settings.kafka, topics.drift, expect=n_drifts + 1, timeout=3)]
     retrains = [parse_event(r.value, RetrainRequest) for r in
-                await read_topic(settings.kafka, topics.retrain, expect=status["drifts"] + 1, timeout=3)]
-    assert len(drifts) == len(retrains) == status["drifts"]
-    last = drifts[-1]
+                await read_topic(settings.kafka, topics.retrain, expect=n_drifts + 1, timeout=3)]
+    assert len(drifts) == n_drifts
+    assert {d.learner for d in drifts} == {"sea", "rated"}  # type: ignore[attr-defined]
+    sea_drifts = [d for d in drifts if d.learner == "sea"]  # type: ignore[attr-defined]
+    assert len(retrains) == len(sea_drifts) == status["drifts"]
+    last = sea_drifts[-1]
     assert isinstance(last, DriftEvent)
     assert last.n_seen == status["last_drift"]["n_seen"]  # type: ignore[index]
-    first = drifts[0]
+    first = sea_drifts[0]
     assert isinstance(first, DriftEvent)
     assert 4000 < first.n_seen < 4500  # soon after the concept switch
     assert first.after.mean > first.before.mean  # the error went up
     assert {r.model for r in retrains} == {"sea-text"}  # type: ignore[attr-defined]
-    assert {r.drift_event_id for r in retrains} == {d.event_id for d in drifts}  # type: ignore[attr-defined]
+    assert {r.learner for r in retrains} == {"sea"}  # type: ignore[attr-defined]
+    assert {r.drift_event_id for r in retrains} == {d.event_id for d in sea_drifts}  # type: ignore[attr-defined]
 
 
 async def test_a_restarted_consumer_resumes_from_its_snapshot(settings: Settings) -> None:

@@ -406,8 +406,10 @@ def sea_events() -> list[FeedbackEvent]:
     return [feedback(features=x, label=y) for x, y in STREAM]
 
 
-async def run_stream(events: list[FeedbackEvent], batch_size: int) -> list[Envelope]:
-    r = rig()
+async def run_stream(
+    events: list[FeedbackEvent], batch_size: int, learners: LearnersConfig = SEA
+) -> list[Envelope]:
+    r = rig(learners=learners)
     batch = records(events)
     outputs: list[Envelope] = []
     for i in range(0, len(batch), batch_size):
@@ -426,6 +428,15 @@ async def test_each_drift_gives_one_drift_event_and_one_retrain_request() -> Non
         assert retrain.drift_event_id == drift.event_id
         assert (retrain.model, retrain.learner, retrain.reason) == ("sea-retrain", "sea", "drift")
         assert drift.learner == "sea"
+
+
+async def test_a_learner_without_retrain_model_sends_drift_events_but_asks_for_no_retrain() -> None:
+    no_retrain = LearnersConfig.from_mapping({"strict": True, "learners": {"sea": {"task": "binary"}}})
+    outputs = await run_stream(sea_events(), batch_size=500, learners=no_retrain)
+    drifts = [e for e in outputs if isinstance(e, DriftEvent)]
+    assert [d.n_seen for d in drifts] == river_reference(STREAM).drifts
+    assert drifts, "the switch should drift"
+    assert outputs == drifts  # no RetrainRequest: there is no model to rebuild
 
 
 async def test_drift_ids_are_deterministic_across_runs_and_batch_sizes() -> None:
