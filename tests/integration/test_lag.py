@@ -394,3 +394,68 @@ def test_exporter_process_stops_on_sigterm(settings: Settings, tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+AGE_S = 375.0
+RECORDS = 2000  # per partition, ~0.8 MB each: enough backlog for the broker to answer some with no records
+
+
+async def produce_aged(settings: Settings, topic: str, partitions: int, n: int, age_s: float) -> dict[int, int]:
+    """``n`` records per partition stamped ``age_s`` ago (one ms apart); returns each record's timestamp by offset."""
+    await ensure_topics(settings.kafka, [topic], partitions=partitions)
+    base = int((time.time() - age_s) * 1000)
+    p = AIOKafkaProducer(linger_ms=50, **settings.kafka.client_kwargs())
+    await p.start()
+    try:
+        body = b'{"pad": "' + b"x" * 400 + b'"}'
+        futures = [await p.send(topic, value=body, partition=q, timestamp_ms=base + i)
+                   for q in range(partitions) for i in range(n)]
+        await asyncio.gather(*futures)
+    finally:
+        await p.stop()
+    return {i: base + i for i in range(n)}
+
+
+def test_time_lag_of_an_old_record_is_the_same_on_every_run(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """A fixed committed offset whose record is 375 s old: every run says 375 s (plus the time since).
+
+    Many partitions with a backlog make the broker answer some partitions of a fetch with their high
+    watermark only; the probe used to take that as the answer, and the time lag fell back to the few
+    seconds the one-shot run had watched (2.1 s in the field) on some runs and not others.
+    """
+    topic, group, partitions, committed = topic_of(settings), f"w-{unique}", 12, 37
+    tps = [TopicPartition(topic, q) for q in range(partitions)]
+
+    async def setup() -> dict[int, int]:
+        stamps = await produce_aged(settings, topic, partitions, RECORDS, AGE_S)
+        await commit_without_joining(settings, group, dict.fromkeys(tps, committed))
+        return stamps
+
+    stamps = asyncio.run(setup())
+    expected_ts = stamps[committed] / 1000
+
+    def check(doc: dict[str, object], run: str) -> None:
+        rows = [r for r in doc["partitions"] if r["topic"] == topic]  # type: ignore[attr-defined]
+        assert len(rows) == partitions, run
+        for r in rows:
+            assert (r["current_offset"], r["lag"]) == (committed, RECORDS - committed), run
+            # Exactly the age of the record at the committed offset when the sample was taken...
+            assert r["time_lag_s"] == pytest.approx(doc["time"] - expected_ts, abs=0.01), (run, r)  # type: ignore[operator]
+            # ...which is 375 s plus however long this test has taken so far (generous for a loaded machine).
+            assert AGE_S <= r["time_lag_s"] <= AGE_S + 300, (run, r)
+
+    async def in_process() -> LagView:
+        async with BrokerReader(settings.kafka) as reader:
+            return await LagMonitor(reader, LagConfig(), time_lag="record").sample([group])
+
+    for i in range(10):
+        check(asyncio.run(in_process()).as_json(), f"sample {i}")
+
+    env = {**worker_env(settings), "LEARNLOOP_LAG__CLI_INTERVAL_S": "0.3"}
+    for i in range(10):
+        done = subprocess.run([sys.executable, "-m", "workers.cli", "lag", "--json", "--group", group], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        check(json.loads(done.stdout), f"learnloop lag run {i}")

@@ -205,6 +205,49 @@ async def test_no_answer_for_a_partition_leaves_it_unknown(method: TimeLagMethod
     assert (r.current_offset, r.log_end_offset, r.lag, r.time_lag_s, r.status) == (3, None, None, None, Status.OK)
 
 
+class Recordless(FakeBroker):
+    """Answers with the high watermark but no record, as a broker does when the record stays unread."""
+
+    async def probe(self, positions: Mapping[TopicPartition, int]) -> dict[TopicPartition, Probe]:
+        return {tp: Probe(pr.log_end) for tp, pr in (await super().probe(positions)).items()}
+
+
+async def test_record_mode_without_the_record_is_unknown_not_the_span_of_its_own_samples() -> None:
+    # The one-shot CLI: three samples 1 s apart, nothing produced, the record 375 s old unread. The flat
+    # offset history only says "at least since the first sample": it used to be shown as the time lag.
+    b = Recordless()
+    b.produce(TP0, 100, 1_000)
+    b.offsets["g"] = {TP0: 37}
+    m = monitor(b, "record")
+    for t in (376.0, 377.0, 378.1):
+        v = await m.sample(["g"], now=t)
+    assert (v.partitions[0].lag, v.partitions[0].time_lag_s) == (63, None)
+
+
+async def test_record_mode_falls_back_to_the_history_where_it_brackets_the_offset() -> None:
+    b = Recordless()
+    b.offsets["g"] = {TP0: 15}
+    m = monitor(b, "record")
+    b.produce(TP0, 10, 0)
+    await m.sample(["g"], now=100.0)
+    b.produce(TP0, 10, 0)
+    v = await m.sample(["g"], now=110.0)  # the log end passed 15 at 105 s
+    assert v.partitions[0].time_lag_s == 5.0
+
+
+async def test_interpolated_mode_reads_the_record_where_the_history_must_extrapolate() -> None:
+    b = FakeBroker()
+    b.produce(TP0, 100, 25_000)
+    b.offsets = {"a": {TP0: 10}, "b": {TP0: 40}}
+    m = monitor(b)
+    await m.sample(["a", "b"], now=100.0)
+    v = await m.sample(["a", "b"], now=101.0)
+    lags = {r.group: r.time_lag_s for r in v.partitions if r.partition == 0}
+    # Flat history: extrapolating would claim 1 s; both records are 76 s old, b's read in a second round.
+    assert lags == {"a": 76.0, "b": 76.0}
+    assert {TP0: 40} in b.probes
+
+
 async def test_a_fresh_heartbeat_makes_a_partition_live_whatever_the_membership() -> None:
     b = FakeBroker()
     b.produce(TP0, 100, 1_000)

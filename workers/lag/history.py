@@ -11,7 +11,7 @@ the first record not yet consumed is the one at the committed offset; its
 Kafka timestamp is when it was produced, so the time lag is *now* minus that
 timestamp. Exact, at the cost of one fetch per lagging partition. The exporter
 uses it too where the table cannot interpolate (fewer than two samples, or an
-offset older than the table), since its probe reads that record anyway.
+offset older than the table): there the table only bounds the lag from below.
 
 Both are 0 when the lag is 0.
 """

@@ -101,8 +101,10 @@ class LagMonitor:
     one, it decides whether a live consumer is committing (see status.py), not
     the group's membership. ``time_lag``
     picks the method: ``"interpolated"`` from the offset history, the exact
-    record timestamp only where the history must extrapolate; ``"record"`` the
-    record timestamp first (one extra fetch per lagging partition).
+    record timestamp where the history must extrapolate; ``"record"`` the
+    record timestamp first (one extra fetch per lagging partition), the history
+    only where it brackets the offset, else unknown: never the lower bound a
+    short table extrapolates to.
     """
 
     def __init__(
@@ -206,7 +208,7 @@ class LagMonitor:
                     continue
                 if positions[tp] == off:
                     out[(g, tp)] = pr.timestamp_ms
-                elif self.time_lag == "record":
+                elif self.time_lag == "record" or self._extrapolates(tp, off):
                     todo.setdefault(tp, set()).add(off)
         # Groups at different offsets of one partition: one more fetch round per distinct offset.
         while todo:
@@ -264,10 +266,21 @@ class LagMonitor:
         exact = record_time_lag(lag, record_ts_ms, now)
         history = self.histories.get(tp)
         p = history.predict(committed) if history is not None else None
-        interpolated = max(0.0, now - p.time) if p is not None else None
-        if self.time_lag == "interpolated" and p is not None and not (p.extrapolated and exact is not None):
+        if p is None:
+            return exact
+        interpolated = max(0.0, now - p.time)
+        if exact is not None and (self.time_lag == "record" or p.extrapolated):
+            return exact
+        if not p.extrapolated or self.time_lag == "interpolated":
             return interpolated
-        return exact if exact is not None else interpolated
+        # Record mode without the record: a table that must extrapolate only bounds the lag from below
+        # (a flat one says "at least since the first sample", 2 s in a one-shot run), which is no value.
+        return None
+
+    def _extrapolates(self, tp: TopicPartition, committed: int) -> bool:
+        history = self.histories.get(tp)
+        p = history.predict(committed) if history is not None else None
+        return p is None or p.extrapolated
 
     def _group_row(self, group: str, info: GroupInfo, rows: list[PartitionRow]) -> GroupRow:
         windows = [self.windows[(group, TopicPartition(r.topic, r.partition))] for r in rows]
