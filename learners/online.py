@@ -128,6 +128,31 @@ class OnlineLearner:
         prediction = self._model.predict_one(x if isinstance(x, dict) else dict(x))
         return prediction  # type: ignore[no-any-return]
 
+    def predict_with_proba(self, x: dict[str, FeatureValue]) -> tuple[Any, dict[Any, float] | None]:
+        """The prediction for ``x`` and, from a classifier, the class probabilities it comes from.
+
+        What serving calls: one model call per classification (as in :meth:`learn_one`), the
+        probabilities River returns handed out as they are (a new dict per call), and a
+        regression value as a float (``0.0`` from a regressor that has learned nothing).
+
+        >>> from learners.config import LearnerSpec
+        >>> learner = OnlineLearner("demo", LearnerSpec())
+        >>> for i in range(200):
+        ...     _ = learner.learn_one({"x": float(i % 10)}, Target(y=i % 10 >= 5, weight=1.0))
+        >>> label, proba = learner.predict_with_proba({"x": 9.0})
+        >>> label, proba[True] > 0.5, sorted(proba)
+        (True, True, [False, True])
+        """
+        model = self._model
+        if self._classifier:
+            raw = model.predict_proba_one(x)
+            proba = raw if type(raw) is dict else dict(raw)
+            if self._derive_prediction:
+                return (max(proba, key=proba.__getitem__) if proba else None), proba
+            return model.predict_one(x), proba
+        value = model.predict_one(x)
+        return (0.0 if value is None else float(value)), None
+
     def predict_proba_one(self, x: Mapping[str, FeatureValue]) -> dict[Any, float] | None:
         """Class probabilities for ``x``; ``None`` for a regression learner."""
         if not self._classifier:

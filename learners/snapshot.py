@@ -12,6 +12,7 @@ older ones); a snapshot from another River major.minor is refused with both vers
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import importlib.metadata
@@ -83,6 +84,13 @@ class SnapshotMeta:
 
 def installed_versions() -> dict[str, str]:
     """Python and library versions of this process, as snapshot metadata records them."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
+    # Looked up once: reading package metadata takes milliseconds (about 4 ms for these five),
+    # more than signing a small learner, and a snapshot is written or read every second.
     versions = {"python": platform.python_version()}
     for package in _VERSIONED_PACKAGES:
         try:
