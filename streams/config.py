@@ -83,3 +83,22 @@ class FeedbackConfig(BaseModel):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # Keep every learned sample in the SQL feedback store, for fine-tuning the heavy model.
     store_samples: bool = True
+
+
+class ServingConfig(BaseModel):
+    """Live model versions: how the feedback worker publishes learners and how predictors follow them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The feedback worker publishes a changed learner at most this often, and after every snapshot.
+    publish: bool = True
+    publish_every_s: float = Field(default=1.0, gt=0)
+    # Versions kept per learner in the store; a superseded one expires after ``superseded_ttl_s``
+    # (the latest never expires: a learner without feedback for a week still serves).
+    keep_versions: int = Field(default=5, ge=1, le=1000)
+    superseded_ttl_s: int = Field(default=600, ge=1)
+    # Predictors read the store's latest version this often besides following the announcements,
+    # so a publication whose announcement was lost is still served.
+    resync_every_s: float = Field(default=10.0, gt=0)
+    # Predictions waiting to be logged by a predictor; beyond this they are dropped and counted.
+    log_buffer: int = Field(default=100_000, ge=1)

@@ -31,6 +31,7 @@ from streams.lifecycle import Lifecycle
 from streams.metrics import LearnedTally, Metrics, default_metrics
 from streams.ports import SampleSink
 from streams.producer import send_and_wait
+from streams.publisher import ModelPublisher
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         topics: Topics | None = None,
         samples: SampleSink | None = None,
         metrics: Metrics | None = None,
+        publisher: ModelPublisher | None = None,
     ) -> None:
         self.kafka = kafka
         self.config = config
@@ -62,6 +64,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.snapshot_key = snapshot_key
         self.topics = topics or Topics(kafka.topic_prefix)
         self.samples = samples
+        self.publisher = publisher
         self._pending_samples: list[LearnedSample] = []
         self.states: dict[TopicPartition, PartitionState] = {}
         self.stats = ConsumerStats()
@@ -87,6 +90,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             **self.kafka.client_kwargs(),
         )
         await self._producer.start()
+        if self.publisher is not None:
+            self.publisher.start(self._send)
         self._consumer = AIOKafkaConsumer(
             group_id=self.config.group_id,
             client_id=f"{self.kafka.client_id}-feedback",
@@ -112,6 +117,9 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self._lock:
             if self._consumer is not None and self.states and not self._dirty:
                 await self._commit_all()
+                self._capture_models(after_snapshot=True)
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -218,13 +226,20 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             t0 = time.perf_counter()
             try:
                 await self._handle(batch)
+                snapshots = self.stats.snapshots
                 await self._maybe_commit(idle=not any(batch.values()))
             except BaseException:
                 self._dirty = True
                 raise
+            self._capture_models(after_snapshot=self.stats.snapshots != snapshots)
             self.stats.last_batch_s = time.perf_counter() - t0
             if batch:
                 self.metrics.batch_seconds.labels("feedback").observe(self.stats.last_batch_s)
+
+    def _capture_models(self, *, after_snapshot: bool) -> None:
+        """Hand changed learners to the publisher (it pickles them here, between batches, and sends later)."""
+        if self.publisher is not None:
+            self.publisher.capture(self.states.values(), after_snapshot=after_snapshot)
 
     async def _rewind(self) -> None:
         """Drop in-memory progress and resume every owned partition from its stored snapshot."""

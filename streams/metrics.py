@@ -96,6 +96,32 @@ class Metrics:
         self._snapshot_lock = threading.Lock()  # the scrape runs in the HTTP server's thread
         self._learner_series: dict[int, set[tuple[str, str | None]]] = {}
         r.register(_SnapshotAge(self._snapshot_times))
+        # -- live model versions: the feedback worker publishes, predictors load and log
+        self.model_publications = Counter(
+            "learnloop_model_publications", "Learner publications by outcome: published, superseded (a newer "
+            "version was already stored), failed (the next publication carries the newer model)",
+            ["learner", "outcome"], registry=r,
+        )
+        self.publish_capture_seconds = Histogram(
+            "learnloop_publish_capture_seconds", "Time the feedback loop spends pickling and signing one learner "
+            "for publication (the rest of a publication runs off the loop)", buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.served_version = Gauge(
+            "learnloop_served_version", "The version (events learned) a predictor serves per learner", ["learner"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "learnloop_model_loads", "Published versions a predictor loaded or refused, by outcome "
+            "(loaded, refused_signature, refused_invalid, missing)", ["learner", "outcome"], registry=r,
+        )
+        self.predictions_logged = Counter(
+            "learnloop_predictions_logged", "Predictions a predictor sent to the predictions topic", ["learner"],
+            registry=r,
+        )
+        self.prediction_logs_dropped = Counter(
+            "learnloop_prediction_logs_dropped", "Predictions served but not logged, by reason "
+            "(buffer_full, invalid, send_failed)", ["reason"], registry=r,
+        )
         # -- conversations: the knowledge graph
         self.graph_write_seconds = Histogram(
             "learnloop_graph_write_seconds", "Time of one batch's graph write, retries included",

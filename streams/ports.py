@@ -69,6 +69,33 @@ class JoinStore(Protocol):
     async def get_predictions(self, prediction_ids: Sequence[str]) -> list[bytes | None]: ...
 
 
+class ModelStore(Protocol):
+    """Published learner models: signed snapshots by learner and version (``workers.serving`` is the Redis one).
+
+    Versions are integers that only grow per learner: :meth:`publish` stores nothing when the
+    store already holds that version or a newer one, so a version is never rewritten.
+    """
+
+    async def publish(self, learner: str, version: int, blob: bytes) -> int:
+        """Store ``blob`` as ``version`` and make it the latest unless one ``>= version`` is there; the latest."""
+        ...
+
+    async def fetch(self, learner: str, version: int) -> bytes | None:
+        """The blob of one version; ``None`` when it was never published or has expired."""
+        ...
+
+    async def fetch_latest(self, learner: str) -> tuple[int, bytes] | None:
+        """The latest version and its blob, read together; ``None`` when nothing is published."""
+        ...
+
+    async def latest_versions(self, learners: Sequence[str] | None = None) -> dict[str, int]:
+        """The latest version of each of ``learners`` that has one (every published learner when ``None``)."""
+        ...
+
+    def uri(self, learner: str, version: int) -> str:
+        """Where one version is, as announced in ``ModelUpdate.uri``."""
+        ...
+
 
 class SampleSink(Protocol):
     """Where learned feedback goes for later fine-tuning (the SQL feedback store).

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from learners.finetune import FineTuneConfig
 from learners.knowledge.config import NlpConfig
 from schemas.errors import ConfigError
-from streams.config import FeedbackConfig, KafkaConfig
+from streams.config import FeedbackConfig, KafkaConfig, ServingConfig
 from workers.api.config import ApiConfig
 from workers.lag.config import LagConfig
 from workers.store.config import DatabaseConfig, redact_url
@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    serving: ServingConfig = ServingConfig()
     nlp: NlpConfig = NlpConfig()
     neo4j: Neo4jConfig = Neo4jConfig()
     graph: GraphConfig = GraphConfig()

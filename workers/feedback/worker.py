@@ -16,8 +16,10 @@ from streams.consumer import FeedbackConsumer
 from streams.dedup import DedupCache
 from streams.feedback import FeedbackProcessor
 from streams.metrics import serve_metrics
+from streams.publisher import ModelPublisher
 from streams.topics import Topics
 from workers.feedback.redis_store import RedisStore
+from workers.serving.model_store import RedisModelStore
 from workers.settings import DEV_SNAPSHOT_KEY, Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class FeedbackWorker:
     learners: LearnersConfig
     store: RedisStore
     consumer: FeedbackConsumer
+    models: RedisModelStore | None = None
 
     @classmethod
     def build(cls, settings: Settings, learners: LearnersConfig | None = None) -> FeedbackWorker:
@@ -53,15 +56,23 @@ class FeedbackWorker:
             orphan_max=fb.orphan_max,
             collect_samples=sink is not None,
         )
+        snapshot_key = settings.snapshot.key.get_secret_value().encode()
+        models = publisher = None
+        if settings.serving.publish:
+            models = RedisModelStore.from_config(settings.redis, settings.serving)
+            publisher = ModelPublisher(
+                store=models, snapshot_key=snapshot_key, source=settings.source, config=settings.serving
+            )
         consumer = FeedbackConsumer(
             kafka=settings.kafka,
             config=fb,
             processor=processor,
             store=window,
-            snapshot_key=settings.snapshot.key.get_secret_value().encode(),
+            snapshot_key=snapshot_key,
             samples=sink,
+            publisher=publisher,
         )
-        return cls(settings, learners, store, consumer)
+        return cls(settings, learners, store, consumer, models)
 
     async def prepare(self) -> None:
         """Fail fast with one line when Redis or the broker is unreachable; create the topics."""
