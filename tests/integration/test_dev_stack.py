@@ -92,3 +92,5 @@ def test_demo_replays_a_drifting_stream_and_reports_what_it_learned(tmp_path: Pa
     assert "dead-lettered; stack stopped" in done[0]
     assert "conversation turns mined" in res.stdout
     assert not (tmp_path / ".learnloop" / "dev.env").exists()
+    # What the demo learned with stays for `learnloop dev` and the trainer: `learnloop retrain sea-text` works.
+    assert 'retrain_model = "sea-text"' in (tmp_path / "learners.toml").read_text()

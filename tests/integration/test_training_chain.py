@@ -168,3 +168,26 @@ def test_a_burst_of_requests_coalesces_into_one_job(rig: Rig) -> None:
     assert len(ids) == 1
     [job] = rig.jobs.list(model="answers-text")
     assert len(job.request_ids) == 10 and job.status == "queued"
+
+
+def test_a_model_no_learner_names_is_rejected_at_intake_saying_which_file_to_set(rig: Rig) -> None:
+    rig.store.add_many(sentiment_samples(150, learner="nobody-text"))  # named like the model: not its learner
+    trainer = rig.trainer()
+    job = trainer.intake(request("nobody-text"))
+    assert job.status == "rejected"
+    assert "no learner in the trainer's learners file names retrain_model 'nobody-text'" in str(job.error)
+    assert "LEARNLOOP_LEARNERS_FILE" in str(job.error)
+    assert rig.jobs.claim_next(trainer.worker_id) is None
+    assert trainer.intake(request("answers-text")).status == "queued"  # a model some learner names still queues
+
+
+def test_a_drift_request_trains_on_every_learner_of_the_model_a_manual_one_on_the_learner_asked(rig: Rig) -> None:
+    pipeline = rig.trainer().pipeline
+    learners = LearnersConfig.from_mapping({"learners": {
+        "a": {"retrain_model": "m"}, "b": {"retrain_model": "m"}, "c": {"retrain_model": "other"}}})
+    trainer = Trainer(jobs=rig.jobs, pipeline=pipeline, producer=EventProducer(rig.settings.kafka),
+                      learners=learners, config=rig.config)
+    drift = RetrainRequest(model="m", reason="drift", learner="a", source="test")
+    assert trainer.learners_for(drift) == ["a", "b"]
+    assert trainer.learners_for(request("m")) == ["a", "b"]
+    assert trainer.learners_for(request("m", learner="b")) == ["b"]

@@ -46,9 +46,14 @@ def demo(
     if switch_at and switch_at >= events:
         raise typer.BadParameter(f"must be below --events ({events})", param_hint="--switch-at")
     s = settings()
-    stack = EmbeddedStack(
-        s, workers=("feedback", "conversations"), learners_file=demo_learners_file(), quiet_workers=True
-    )
+    learners_file = demo_learners_file()
+    if not s.learners_file.exists() and s.learners_file.parent.is_dir():
+        # The file `learnloop dev`, the trainer and `learnloop retrain` read next in this folder: with it,
+        # the samples the demo stores retrain the demo's model (`learnloop retrain sea-text`) as they are.
+        s.learners_file.write_bytes(learners_file.read_bytes())
+        learners_file = s.learners_file
+        typer.echo(f"wrote {s.learners_file}: the demo's learners (edit it to declare your own)")
+    stack = EmbeddedStack(s, workers=("feedback", "conversations"), learners_file=learners_file, quiet_workers=True)
     with stack:
         typer.echo(f"embedded stack up: broker {stack.bootstrap_servers}, redis {stack.redis_url}")
         demo_settings = load_settings(
@@ -66,3 +71,6 @@ def demo(
         f"done: {view.learned:,} events learned, {len(view.drifts)} drift alarm(s), "
         f"{view.deadlettered} dead-lettered; stack stopped"
     )
+    if learners_file != s.learners_file:
+        typer.echo(f"to retrain sea-text on the demo's samples, run the trainer with "
+                   f"LEARNLOOP_LEARNERS_FILE={learners_file} (your {s.learners_file} was left as it is)")

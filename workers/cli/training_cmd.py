@@ -11,6 +11,7 @@ from rich.table import Table
 
 from schemas import RetrainRequest
 from streams.admin import ensure_topics
+from streams.config import KafkaConfig
 from streams.producer import EventProducer
 from workers.cli.common import run_async, settings
 
@@ -19,24 +20,55 @@ db_app = typer.Typer(help="The SQL store (feedback samples, training jobs).", no
 
 def retrain(
     model: str = typer.Argument(..., help="Model name, as in a learner's retrain_model."),
-    learner: str = typer.Option(None, "--learner", help="Learner whose feedback to train on (default: all)."),
+    learner: str = typer.Option(
+        None, "--learner",
+        help="Train on this learner's samples only (default: every learner whose retrain_model is MODEL).",
+    ),
     last_n: int = typer.Option(None, "--last-n", min=1, help="Train on the newest N samples."),
 ) -> None:
     """Ask the trainer for a new version of MODEL (a manual RetrainRequest on learnloop.retrain)."""
+    from learners.config import load_learners_file
     from schemas import DataWindow
 
     s = settings()
+    learners = load_learners_file(s.learners_file)  # a bad file fails here, in one line, before anything is sent
     req = RetrainRequest(
         model=model, reason="manual", learner=learner, window=DataWindow(last_n=last_n), source=s.source
     )
 
-    async def send() -> None:
+    async def send() -> str | None:
         async with EventProducer(s.kafka) as p:
             await ensure_topics(s.kafka, p.topics.all())
             await p.send(req)
+        return await trainer_absent(s.kafka, s.trainer.group_id, p.topics.retrain)
 
-    run_async(send(), settings=s)
+    absent = run_async(send(), settings=s)
     typer.echo(f"requested {model}: request {req.request_id}")
+    if learner is None and not any(spec.retrain_model == model for spec in learners.learners.values()):
+        typer.echo(
+            f"warning: no learner in {s.learners_file} names retrain_model {model!r}; the trainer rejects the "
+            "job unless its own learners file (LEARNLOOP_LEARNERS_FILE) does",
+            err=True,
+        )
+    if absent:
+        typer.echo(f"warning: {absent}; the request waits on the topic until one starts "
+                   "(`learnloop worker trainer`)", err=True)
+
+
+async def trainer_absent(kafka: KafkaConfig, group: str, topic: str) -> str | None:
+    """Why no trainer is consuming ``topic`` in consumer group ``group``; None when one is."""
+    from aiokafka import TopicPartition
+
+    from workers.lag.offsets import BrokerReader
+
+    async with BrokerReader(kafka) as reader:
+        info = (await reader.describe([group])).get(group)
+        partitions = (await reader.topics()).get(topic, [0])
+    if info is None or not info.members:
+        return f"no trainer is consuming {topic} (consumer group {group} has no members)"
+    if not any(info.live(TopicPartition(topic, p)) for p in partitions):
+        return f"no trainer is consuming {topic} (consumer group {group} is {info.state}, no member owns it)"
+    return None
 
 
 def jobs(

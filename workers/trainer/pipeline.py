@@ -65,7 +65,9 @@ class TrainingPipeline:
     def dataset(self, job: TrainingJob) -> Dataset:
         window = job_window(job)
         last_n = window.last_n or (None if window.start else self.config.last_n)
-        learners = list(job.learners or [job.model])
+        learners = list(job.learners)
+        if not learners:
+            raise DatasetInvalid(f"no learner names retrain_model {job.model!r} in the trainer's learners file")
         samples = self.store.window(learners, start=window.start, end=window.end, last_n=last_n)
         if not samples:
             raise DatasetInvalid(
@@ -157,9 +159,11 @@ def _log_step(run: Any, p: dict[str, Any]) -> None:
 
 
 def trainable_learners(model: str, declared: Sequence[tuple[str, str | None]]) -> list[str]:
-    """Learners whose feedback trains ``model``: those naming it as retrain_model, or named like it.
+    """Learners whose feedback trains ``model``: those naming it as their retrain_model.
+
+    A learner named like the model does not count: its samples are stored only if it names a retrain_model.
 
     >>> trainable_learners("sea-text", [("sea", "sea-text"), ("other", None), ("sea-text", None)])
-    ['sea', 'sea-text']
+    ['sea']
     """
-    return [name for name, retrain in declared if retrain == model or name == model]
+    return [name for name, retrain in declared if retrain == model]

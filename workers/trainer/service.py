@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from learners.config import LearnersConfig
@@ -45,11 +46,13 @@ class Trainer:
         config: TrainerConfig,
         worker_id: str | None = None,
         metrics: Metrics | None = None,
+        learners_file: Path | None = None,
     ) -> None:
         self.jobs = jobs
         self.pipeline = pipeline
         self.producer = producer
         self.learners = learners
+        self.learners_file = learners_file
         self.config = config
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = metrics or default_metrics()
@@ -58,17 +61,38 @@ class Trainer:
 
     # -- intake ------------------------------------------------------------------
 
-    def intake(self, req: RetrainRequest) -> TrainingJob:
+    def learners_for(self, req: RetrainRequest) -> list[str]:
+        """Whose samples train ``req.model``: every learner naming it as retrain_model, or the one asked for.
+
+        A manual request that names a learner (``learnloop retrain M --learner L``) trains on that
+        learner alone; a drift request also brings its learner, in case this trainer's learners
+        file lags behind the feedback worker's.
+        """
         declared = [(name, self.learners.learners[name].retrain_model) for name in self.learners.declared]
         learners = trainable_learners(req.model, declared)
+        if req.learner and req.reason == "manual":
+            return [req.learner]
         if req.learner and req.learner not in learners:
             learners.append(req.learner)
-        job, created = self.jobs.request(req, learners=learners or [req.model])
+        return learners
+
+    def intake(self, req: RetrainRequest) -> TrainingJob:
+        job, created = self.jobs.request(req, learners=self.learners_for(req))
         log.info(
             "%s retrain request %s for %s (%s) %s job %s",
             "new" if created else "coalesced", req.request_id, req.model, req.reason,
             "→" if created else "into", job.id,
         )
+        if created and not job.learners:
+            # Retrying cannot help until the learners file changes: reject now rather than fail later.
+            where = f"learners file {self.learners_file}" if self.learners_file else "learners file"
+            reason = (
+                f"no learner in the trainer's {where} names retrain_model {req.model!r}: set "
+                "LEARNLOOP_LEARNERS_FILE to the file the feedback worker uses"
+            )
+            job = self.jobs.reject(job.id, reason)
+            self.metrics.training_jobs.labels(job.model, "rejected").inc()
+            log.error("job %s rejected: %s", job.id, reason)
         return job
 
     # -- runner ------------------------------------------------------------------

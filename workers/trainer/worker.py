@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from learners.config import LearnersConfig, load_learners_file
@@ -37,8 +38,23 @@ def build_trainer(settings: Settings, learners: LearnersConfig | None = None) ->
     )
     return Trainer(
         jobs=JobStore(engine), pipeline=pipeline, producer=EventProducer(settings.kafka),
-        learners=learners, config=settings.trainer,
+        learners=learners, config=settings.trainer, learners_file=settings.learners_file,
     )
+
+
+def log_trainable_models(learners: LearnersConfig, learners_file: Path) -> None:
+    """Say at start which models this trainer can build, and from whose samples: the file decides it."""
+    models: dict[str, list[str]] = {}
+    for name in learners.declared:
+        if (model := learners.learners[name].retrain_model) is not None:
+            models.setdefault(model, []).append(name)
+    if not models:
+        log.warning(
+            "learners file %s names no retrain_model: every retrain request will be rejected "
+            "(set LEARNLOOP_LEARNERS_FILE to the file the feedback worker uses)", learners_file,
+        )
+    for model, names in models.items():
+        log.info("model %s trains on the samples of learner(s) %s (%s)", model, ", ".join(names), learners_file)
 
 
 class TrainerLoop:
@@ -63,9 +79,12 @@ class TrainerLoop:
         await self.trainer.producer.stop()
 
 
-def run_trainer_worker(settings: Settings) -> None:
-    trainer = build_trainer(settings)
-    app = create_app(settings.kafka, app_id="learnloop-trainer", data_dir=settings.data_dir / "faust")
+def run_trainer_worker(settings: Settings, learners: LearnersConfig | None = None) -> None:
+    learners = learners or load_learners_file(settings.learners_file)
+    log_trainable_models(learners, settings.learners_file)
+    trainer = build_trainer(settings, learners)
+    # The group id is what `learnloop retrain` looks for to tell whether a trainer is listening.
+    app = create_app(settings.kafka, app_id=settings.trainer.group_id, data_dir=settings.data_dir / "faust")
     topics: dict[str, Any] = app.contract_topics  # type: ignore[attr-defined]
 
     @app.agent(topics["retrain"], name=f"{settings.kafka.topic_prefix}retrain-intake")  # type: ignore[untyped-decorator,unused-ignore]
