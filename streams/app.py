@@ -19,7 +19,7 @@ from mode import Service
 from schemas import DeadLetter, DriftEvent, parse_event
 from schemas.errors import InvalidEvent
 from streams.config import KafkaConfig
-from streams.metrics import Metrics, default_metrics
+from streams.metrics import LoopMetrics
 from streams.topics import TOPIC_SUFFIXES, Topics
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,11 @@ def add_drift_agent(
     app: faust.App,
     kafka: KafkaConfig,
     on_drift: Callable[[DriftEvent], Awaitable[None]],
-    metrics: Metrics | None = None,
+    metrics: LoopMetrics | None = None,
 ) -> None:
     """Follow ``learnloop.drift``: each alarm is logged and handed to ``on_drift`` (e.g. the history)."""
     topics = app.contract_topics  # type: ignore[attr-defined]
-    m = metrics or default_metrics()
+    m = metrics or LoopMetrics()  # the hosting worker's own records-in and dead-letter counters
 
     @app.agent(topics["drift"], name=f"{kafka.topic_prefix}drift-log")
     async def drift_log(stream: Any) -> None:

@@ -28,7 +28,7 @@ from streams.config import FeedbackConfig, KafkaConfig
 from streams.dedup import DedupCache
 from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
 from streams.lifecycle import Lifecycle
-from streams.metrics import LearnedTally, Metrics, default_metrics
+from streams.metrics import FeedbackMetrics, LearnedTally, feedback_metrics
 from streams.ports import SampleSink
 from streams.producer import send_and_wait
 from streams.publisher import ModelPublisher
@@ -50,7 +50,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         snapshot_key: bytes,
         topics: Topics | None = None,
         samples: SampleSink | None = None,
-        metrics: Metrics | None = None,
+        metrics: FeedbackMetrics | None = None,
         publisher: ModelPublisher | None = None,
     ) -> None:
         self.kafka = kafka
@@ -68,7 +68,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._pending_samples: list[LearnedSample] = []
         self.states: dict[TopicPartition, PartitionState] = {}
         self.stats = ConsumerStats()
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics or feedback_metrics()
         self._learned = LearnedTally(self.metrics.events_learned)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None

@@ -27,7 +27,7 @@ from schemas.errors import BackPressureError, DuplicateEvents, GraphError, Inval
 from streams.config import KafkaConfig
 from streams.derived import dead_letter, derived_id
 from streams.lifecycle import Lifecycle
-from streams.metrics import Metrics, default_metrics
+from streams.metrics import ConversationMetrics, conversation_metrics
 from streams.ports import RecordLike
 from streams.producer import send_and_wait
 from streams.topics import Topics
@@ -75,12 +75,12 @@ class ConversationProcessor:
     """Decode, extract, write one batch; returns the events to publish. Plain code, no Kafka."""
 
     def __init__(
-        self, *, extractor: Extractor, graph: KnowledgeGraph, source: str, metrics: Metrics | None = None
+        self, *, extractor: Extractor, graph: KnowledgeGraph, source: str, metrics: ConversationMetrics | None = None
     ) -> None:
         self.extractor = extractor
         self.graph = graph
         self.source = source
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics or conversation_metrics()
 
     def dead_letter(self, rec: RecordLike, exc: BaseException) -> DeadLetter:
         return dead_letter(rec, exc, source=self.source)

@@ -1,6 +1,6 @@
 """Prometheus metrics of the stream loops and the workers, recorded per batch, never per event.
 
-One :class:`Metrics` per process, bound to a ``CollectorRegistry`` (prometheus_client's
+One metrics object per process, of that worker's kind, bound to a ``CollectorRegistry`` (prometheus_client's
 default one in the workers, a fresh one in tests). Counters grow by a batch's count and
 histograms take one observation per batch, so the feedback path pays a few microseconds
 per batch of thousands of events. Learner gauges are set when a snapshot is written,
@@ -17,7 +17,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,10 @@ from schemas import DriftEvent
 if TYPE_CHECKING:
     from streams.feedback import BatchResult, LearnerSlot
 
-__all__ = ["LearnedTally", "Metrics", "default_metrics", "serve_metrics"]
+__all__ = [
+    "ConversationMetrics", "FeedbackMetrics", "LearnedTally", "LoopMetrics", "PredictorMetrics", "TrainerMetrics",
+    "conversation_metrics", "feedback_metrics", "predictor_metrics", "serve_metrics", "trainer_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +43,61 @@ _GRAPH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 _JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 
 
-class Metrics:
-    """Every learnloop metric, bound to one registry (two instances need two registries).
+def _family(registry: CollectorRegistry, kind: type[Any], name: str, doc: str, labels: Sequence[str] = (),
+            **kw: Any) -> Any:
+    """The metric ``name`` of ``registry``, registered on first use.
+
+    Families that several kinds of worker record (records in, dead letters, duplicates, batch
+    time) are shared, so a test process may hold a feedback and a trainer ``Metrics`` on one
+    registry without registering a name twice.
+    """
+    families = _FAMILIES.setdefault(registry, {})
+    if name not in families:
+        families[name] = kind(name, doc, labels, registry=registry, **kw)
+    return families[name]
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+class LoopMetrics:
+    """What every consuming loop records: records in and dead letters, by topic.
+
+    Each worker process registers only its own kind's families (:class:`FeedbackMetrics`,
+    :class:`ConversationMetrics`, :class:`TrainerMetrics`): a scrape shows what the process does,
+    not a zero series for every metric of the others.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = r = registry
+        self.events_in: Counter = _family(r, Counter, "learnloop_events_in", "Records consumed", ["topic"])
+        self.deadlettered: Counter = _family(
+            r, Counter, "learnloop_events_deadlettered", "Records sent to the dead-letter topic", ["topic", "reason"]
+        )
+
+
+class _BatchLoopMetrics(LoopMetrics):
+    """The batch loops (feedback, conversations): also duplicates and batch time."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(registry)
+        r = registry
+        self.duplicates: Counter = _family(
+            r, Counter, "learnloop_duplicates_dropped", "Events dropped as already processed (event_id)", ["topic"]
+        )
+        self.batch_seconds: Histogram = _family(
+            r, Histogram, "learnloop_batch_seconds",
+            "Time to process one non-empty batch, outputs acknowledged and committed", ["loop"],
+            buckets=_BATCH_BUCKETS,
+        )
+
+
+class FeedbackMetrics(_BatchLoopMetrics):
+    """The feedback worker's metrics: learning, learners' prequential metrics, drift, snapshots.
 
     >>> from prometheus_client import CollectorRegistry
     >>> from streams.feedback import BatchResult
-    >>> m = Metrics(CollectorRegistry())
+    >>> m = FeedbackMetrics(CollectorRegistry())
     >>> r = BatchResult(learned=3, duplicates=1)
     >>> r.deadlettered["invalid"] += 2
     >>> m.record_batch("learnloop.feedback", 6, r)
@@ -54,21 +107,8 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.registry = registry
+        super().__init__(registry)
         r = registry
-        # -- every loop
-        self.events_in = Counter("learnloop_events_in", "Records consumed", ["topic"], registry=r)
-        self.deadlettered = Counter(
-            "learnloop_events_deadlettered", "Records sent to the dead-letter topic", ["topic", "reason"], registry=r
-        )
-        self.duplicates = Counter(
-            "learnloop_duplicates_dropped", "Events dropped as already processed (event_id)", ["topic"], registry=r
-        )
-        self.batch_seconds = Histogram(
-            "learnloop_batch_seconds", "Time to process one non-empty batch, outputs acknowledged and committed",
-            ["loop"], buckets=_BATCH_BUCKETS, registry=r,
-        )
-        # -- feedback: learning
         self.events_learned = Counter(
             "learnloop_events_learned", "Events learned by this process (a replay after a rewind learns again)",
             ["learner"], registry=r,
@@ -96,7 +136,7 @@ class Metrics:
         self._snapshot_lock = threading.Lock()  # the scrape runs in the HTTP server's thread
         self._learner_series: dict[int, set[tuple[str, str | None]]] = {}
         r.register(_SnapshotAge(self._snapshot_times))
-        # -- live model versions: the feedback worker publishes, predictors load and log
+        # -- live model versions: the feedback worker publishes each learner
         self.model_publications = Counter(
             "learnloop_model_publications", "Learner publications by outcome: published, superseded (a newer "
             "version was already stored), failed (the next publication carries the newer model)",
@@ -105,47 +145,6 @@ class Metrics:
         self.publish_capture_seconds = Histogram(
             "learnloop_publish_capture_seconds", "Time the feedback loop spends pickling and signing one learner "
             "for publication (the rest of a publication runs off the loop)", buckets=_BATCH_BUCKETS, registry=r,
-        )
-        self.served_version = Gauge(
-            "learnloop_served_version", "The version (events learned) a predictor serves per learner", ["learner"],
-            registry=r,
-        )
-        self.model_loads = Counter(
-            "learnloop_model_loads", "Published versions a predictor loaded or refused, by outcome "
-            "(loaded, refused_signature, refused_invalid, missing)", ["learner", "outcome"], registry=r,
-        )
-        self.predictions_logged = Counter(
-            "learnloop_predictions_logged", "Predictions a predictor sent to the predictions topic", ["learner"],
-            registry=r,
-        )
-        self.prediction_logs_dropped = Counter(
-            "learnloop_prediction_logs_dropped", "Predictions served but not logged, by reason "
-            "(buffer_full, invalid, send_failed)", ["reason"], registry=r,
-        )
-        # -- conversations: the knowledge graph
-        self.graph_write_seconds = Histogram(
-            "learnloop_graph_write_seconds", "Time of one batch's graph write, retries included",
-            buckets=_GRAPH_BUCKETS, registry=r,
-        )
-        self.graph_write_failures = Counter(
-            "learnloop_graph_write_failures", "Batch graph writes that failed after the writer's retries", registry=r
-        )
-        self.graph_entities = Counter("learnloop_graph_entities", "Entities written (per turn)", registry=r)
-        self.graph_relations = Counter("learnloop_graph_relations", "Relations written (per turn)", registry=r)
-        self.conversation_turns = Counter(
-            "learnloop_conversation_turns", "Conversation turns written to the graph (once each)", registry=r
-        )
-        # -- trainer
-        self.training_jobs = Counter(
-            "learnloop_training_jobs", "Training jobs run, by outcome", ["model", "outcome"], registry=r
-        )
-        self.training_job_seconds = Histogram(
-            "learnloop_training_job_seconds", "Duration of a training job run, whatever its outcome", ["model"],
-            buckets=_JOB_BUCKETS, registry=r,
-        )
-        self.model_version = Gauge(
-            "learnloop_model_version", "The version last announced for a model under an alias", ["model", "alias"],
-            registry=r,
         )
 
     # -- per batch -----------------------------------------------------------------
@@ -202,6 +201,71 @@ class Metrics:
             return list(self._snapshot_at.items())
 
 
+
+class ConversationMetrics(_BatchLoopMetrics):
+    """The conversation worker's metrics: graph writes and what they wrote."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(registry)
+        r = registry
+        self.graph_write_seconds = Histogram(
+            "learnloop_graph_write_seconds", "Time of one batch's graph write, retries included",
+            buckets=_GRAPH_BUCKETS, registry=r,
+        )
+        self.graph_write_failures = Counter(
+            "learnloop_graph_write_failures", "Batch graph writes that failed after the writer's retries", registry=r
+        )
+        self.graph_entities = Counter("learnloop_graph_entities", "Entities written (per turn)", registry=r)
+        self.graph_relations = Counter("learnloop_graph_relations", "Relations written (per turn)", registry=r)
+        self.conversation_turns = Counter(
+            "learnloop_conversation_turns", "Conversation turns written to the graph (once each)", registry=r
+        )
+
+
+class TrainerMetrics(LoopMetrics):
+    """The trainer's metrics: job runs by outcome (``TrainingOutcome`` values), durations, announced versions."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(registry)
+        r = registry
+        self.training_jobs = Counter(
+            "learnloop_training_jobs", "Training job runs, by outcome: succeeded, failed, dataset_invalid, "
+            "rejected, cancelled or lost", ["model", "outcome"], registry=r,
+        )
+        self.training_job_seconds = Histogram(
+            "learnloop_training_job_seconds", "Duration of a training job run, whatever its outcome", ["model"],
+            buckets=_JOB_BUCKETS, registry=r,
+        )
+        self.model_version = Gauge(
+            "learnloop_model_version", "The version last announced for a model under an alias", ["model", "alias"],
+            registry=r,
+        )
+
+
+
+class PredictorMetrics:
+    """An ``OnlinePredictor``'s metrics (in the app or gateway that serves): versions loaded, predictions logged."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = r = registry
+        self.served_version = Gauge(
+            "learnloop_served_version", "The version (events learned) a predictor serves per learner", ["learner"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "learnloop_model_loads", "Published versions a predictor loaded or refused, by outcome "
+            "(loaded, refused_signature, refused_invalid, missing)", ["learner", "outcome"], registry=r,
+        )
+        self.predictions_logged = Counter(
+            "learnloop_predictions_logged", "Predictions a predictor sent to the predictions topic", ["learner"],
+            registry=r,
+        )
+        self.prediction_logs_dropped = Counter(
+            "learnloop_prediction_logs_dropped", "Predictions served but not logged, by reason "
+            "(buffer_full, invalid, send_failed)", ["reason"], registry=r,
+        )
+
+
 class _SnapshotAge:
     """``learnloop_snapshot_age_seconds``, computed at scrape time from when each snapshot was written."""
 
@@ -255,9 +319,27 @@ class LearnedTally:
 
 
 @functools.cache
-def default_metrics() -> Metrics:
-    """This process's metrics, on prometheus_client's default registry (the one :func:`serve_metrics` serves)."""
-    return Metrics(REGISTRY)
+def feedback_metrics() -> FeedbackMetrics:
+    """The feedback worker's metrics, on prometheus_client's default registry (the one :func:`serve_metrics` serves)."""
+    return FeedbackMetrics(REGISTRY)
+
+
+@functools.cache
+def conversation_metrics() -> ConversationMetrics:
+    """The conversation worker's metrics, on the default registry."""
+    return ConversationMetrics(REGISTRY)
+
+
+@functools.cache
+def trainer_metrics() -> TrainerMetrics:
+    """The trainer's metrics, on the default registry."""
+    return TrainerMetrics(REGISTRY)
+
+
+@functools.cache
+def predictor_metrics() -> PredictorMetrics:
+    """An online predictor's metrics, on the default registry (one per process, whatever it serves)."""
+    return PredictorMetrics(REGISTRY)
 
 
 def serve_metrics(host: str, port: int | None, registry: CollectorRegistry = REGISTRY) -> bool:

@@ -40,7 +40,7 @@ from schemas import InvalidEvent, ModelUpdate, PredictionEvent, parse_event
 from schemas.errors import SnapshotError, SnapshotSignatureError, StoreUnavailable
 from streams.config import KafkaConfig, ServingConfig
 from streams.loopthread import BlockingClient
-from streams.metrics import Metrics, default_metrics
+from streams.metrics import PredictorMetrics, predictor_metrics
 from streams.ports import ModelStore
 from streams.producer import EventProducer
 from streams.subscriber import ModelNotReady
@@ -130,7 +130,7 @@ class OnlinePredictor:
         source: str = "learnloop-predictor",
         config: ServingConfig | None = None,
         topics: Topics | None = None,
-        metrics: Metrics | None = None,
+        metrics: PredictorMetrics | None = None,
     ) -> None:
         self.kafka = kafka
         self.learners = None if learners is None else frozenset(learners)
@@ -142,7 +142,7 @@ class OnlinePredictor:
         self.source = source
         self.config = config or ServingConfig()
         self.topics = topics or Topics(kafka.topic_prefix)
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics or predictor_metrics()
         self.refused: dict[str, str] = {}  # learner -> the last version refused
         self._producer = producer
         self._own_producer = producer is None
@@ -527,7 +527,7 @@ class SyncOnlinePredictor(BlockingClient[OnlinePredictor]):
         source: str = "learnloop-predictor",
         config: ServingConfig | None = None,
         topics: Topics | None = None,
-        metrics: Metrics | None = None,
+        metrics: PredictorMetrics | None = None,
     ) -> None:
         predictor = OnlinePredictor(
             kafka, learners, store=store, snapshot_key=snapshot_key, log=log, source=source, config=config,

@@ -39,7 +39,7 @@ from schemas import Envelope, Lineage, ModelUpdate
 from schemas.errors import StoreUnavailable
 from streams.config import ServingConfig
 from streams.feedback import PartitionState
-from streams.metrics import Metrics, default_metrics
+from streams.metrics import FeedbackMetrics, feedback_metrics
 from streams.ports import ModelStore
 
 __all__ = ["ONLINE_ALIAS", "ModelPublisher"]
@@ -70,14 +70,14 @@ class ModelPublisher:
         snapshot_key: bytes,
         source: str,
         config: ServingConfig | None = None,
-        metrics: Metrics | None = None,
+        metrics: FeedbackMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.snapshot_key = snapshot_key
         self.source = source
         self.config = config or ServingConfig()
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics or feedback_metrics()
         self.clock = clock
         self._captured: dict[str, int] = {}  # the newest version captured (or known stored) per learner
         self._published: dict[str, int] = {}  # the newest version this process stored per learner

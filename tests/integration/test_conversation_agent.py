@@ -15,10 +15,20 @@ from learners.knowledge.extraction import KnowledgeExtractor
 from schemas import ConversationEvent, DeadLetter, KnowledgeUpdate, parse_event
 from streams.admin import ensure_topics
 from streams.conversations import ConversationConsumer, ConversationProcessor
+from streams.metrics import ConversationMetrics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.conftest import worker_env
-from tests.integration.util import cli_json, read_topic, start_worker, stop_worker, wait_for
+from tests.integration.util import (
+    cli_json,
+    free_port,
+    learnloop_families,
+    read_topic,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+from tests.unit.test_metrics import FAMILIES
 from workers.graph.ladybug_store import DB_FILE, LadybugGraph
 from workers.settings import Settings
 
@@ -165,7 +175,8 @@ async def test_the_worker_process_end_to_end(settings: Settings, tmp_path: Path)
     await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
     async with EventProducer(settings.kafka) as p:
         await p.send_many(events)
-    env = {**worker_env(settings), "LEARNLOOP_METRICS__PORT": "0",
+    port = free_port()
+    env = {**worker_env(settings), "LEARNLOOP_METRICS__PORT": str(port),
            "LEARNLOOP_CONVERSATIONS__GROUP_ID": f"{settings.feedback.group_id}-conv-worker"}
     worker = start_worker(env, tmp_path / "worker.log", kind="conversations")
     try:
@@ -176,6 +187,8 @@ async def test_the_worker_process_end_to_end(settings: Settings, tmp_path: Path)
         stats = cli_json(env, "graph", "stats", "--json")  # read-only, while the worker holds the graph
         assert (stats["events"], stats["conversations"]) == (len(events), 2)
         assert stats["validated_relations"] >= 1 and stats["by_label"]["PERSON"] >= 2
+        # The conversation worker's own families, no zero series of the feedback worker's or the trainer's.
+        assert await asyncio.to_thread(learnloop_families, port) == FAMILIES[ConversationMetrics]
     finally:
         assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
     assert (settings.data_dir / "graph" / DB_FILE).exists()

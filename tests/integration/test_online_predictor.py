@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas import FeedbackEvent, ModelUpdate, parse_event
 from streams.admin import ensure_topics
-from streams.metrics import Metrics
+from streams.metrics import PredictorMetrics
 from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, SyncOnlinePredictor
 from streams.producer import EventProducer
 from streams.topics import Topics
@@ -73,7 +73,7 @@ async def worker(settings: Settings, tmp_path: Path) -> AsyncIterator[Path]:
 def predictor(settings: Settings, models: RedisModelStore, *, log: bool = True) -> OnlinePredictor:
     return OnlinePredictor(
         settings.kafka, ["sea"], store=models, snapshot_key=settings.snapshot.key.get_secret_value().encode(),
-        log=log, source="test-app", metrics=Metrics(CollectorRegistry()),
+        log=log, source="test-app", metrics=PredictorMetrics(CollectorRegistry()),
     )  # fmt: skip
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from schemas import RetrainRequest
+from streams.metrics import TrainerMetrics
 from tests.conftest import worker_env
-from tests.integration.util import ROOT, start_worker, stop_worker, wait_for
+from tests.integration.util import ROOT, free_port, learnloop_families, start_worker, stop_worker, wait_for
+from tests.unit.test_metrics import FAMILIES
 from workers.settings import Settings
 from workers.store.engine import make_engine
 from workers.store.feedback import FeedbackStore
@@ -62,13 +64,14 @@ async def test_retrain_uses_the_learners_naming_the_model_and_warns_while_no_tra
     url = f"sqlite:///{tmp_path / 'store.db'}"
     upgrade(url)
     engine = make_engine(url)
+    port = free_port()
     FeedbackStore(engine).add_many(samples("sea", 30) + samples("other", 20) + samples("sea-text", 10))
     env = {
         **worker_env(settings),
         "LEARNLOOP_DATABASE__URL": url,
         "LEARNLOOP_MLFLOW__TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "LEARNLOOP_MLFLOW__ARTIFACT_LOCATION": (tmp_path / "artifacts").as_uri(),
-        "LEARNLOOP_METRICS__PORT": "0",
+        "LEARNLOOP_METRICS__PORT": str(port),
         "LEARNLOOP_TRAINER__SETTLE_S": "3600",  # the job stays queued: this test looks at it, not at training
     }
 
@@ -105,5 +108,7 @@ async def test_retrain_uses_the_learners_naming_the_model_and_warns_while_no_tra
             return rid in again.request_ids
 
         await wait_for(coalesced, timeout=60, every=0.5, what="the second request to join the queued job")
+        # The trainer's own families, no zero series of the feedback or conversation worker's.
+        assert learnloop_families(port) == FAMILIES[TrainerMetrics]
     finally:
         assert stop_worker(trainer) == 0, log.read_text()[-3000:]

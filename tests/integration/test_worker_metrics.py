@@ -12,12 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import FeedbackEvent
 from streams.admin import ensure_topics
+from streams.metrics import FeedbackMetrics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.conftest import worker_env
-from tests.integration.util import cli_json, start_worker, stop_worker, wait_for
+from tests.integration.util import cli_json, learnloop_families, start_worker, stop_worker, wait_for
 from tests.reference import SEA_LEARNERS as LEARNERS
 from tests.reference import river_reference, sea_with_switch
+from tests.unit.test_metrics import FAMILIES
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -90,6 +92,8 @@ async def test_feedback_worker_metrics_count_exactly_what_was_produced(settings:
 
         await wait_for(counted, timeout=120, every=0.2, what="every event counted and snapshotted")
         [status] = cli_json(env, "learners", "--json")
+        # The feedback worker's own families, no zero series of the conversation worker's or the trainer's.
+        assert await asyncio.to_thread(learnloop_families, port) == FAMILIES[FeedbackMetrics]
     finally:
         assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
 

@@ -87,3 +87,24 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 def write_learners(settings: Settings, text: str) -> None:
     settings.learners_file.write_text(text)
+
+
+def learnloop_families(port: int) -> set[str]:
+    """The learnloop metric families a worker's ``/metrics`` declares (with or without series)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    # The text format's parser reads a counter's `_created` series as a family of its own.
+    return {f.name.removesuffix("_created") for f in text_string_to_metric_families(text)
+            if f.name.startswith("learnloop_")}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

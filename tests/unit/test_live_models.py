@@ -15,7 +15,7 @@ from schemas import Envelope, ModelUpdate, PredictionEvent
 from schemas.errors import StoreUnavailable
 from streams.config import KafkaConfig, ServingConfig
 from streams.feedback import LearnerSlot, PartitionState
-from streams.metrics import Metrics
+from streams.metrics import FeedbackMetrics, PredictorMetrics
 from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, _prediction_event
 from streams.publisher import ModelPublisher
 
@@ -83,7 +83,7 @@ def publisher(store: MemoryModelStore, clock: Clock) -> tuple[ModelPublisher, li
         sent.extend(events)
 
     p = ModelPublisher(store=store, snapshot_key=KEY, source="test", config=ServingConfig(publish_every_s=1.0),
-                       metrics=Metrics(CollectorRegistry()), clock=clock)  # fmt: skip
+                       metrics=FeedbackMetrics(CollectorRegistry()), clock=clock)  # fmt: skip
     p._announce = announce
     return p, sent
 
@@ -185,7 +185,7 @@ async def test_only_the_newest_capture_per_learner_waits() -> None:
 
 def predictor(store: MemoryModelStore, learners: list[str] | None = None) -> OnlinePredictor:
     return OnlinePredictor(KafkaConfig(), learners, store=store, snapshot_key=KEY, log=False,
-                           metrics=Metrics(CollectorRegistry()))  # fmt: skip
+                           metrics=PredictorMetrics(CollectorRegistry()))  # fmt: skip
 
 
 def blob(learner: OnlineLearner, *, name: str | None = None, version: int | None = None, key: bytes = KEY) -> bytes:

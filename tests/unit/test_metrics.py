@@ -21,7 +21,15 @@ from schemas import ConversationEvent, ModelUpdate
 from schemas.errors import BackPressureError
 from streams.conversations import ConversationProcessor, ConversationStats
 from streams.feedback import BatchResult, PartitionState
-from streams.metrics import LearnedTally, Metrics, serve_metrics
+from streams.metrics import (
+    ConversationMetrics,
+    FeedbackMetrics,
+    LearnedTally,
+    LoopMetrics,
+    PredictorMetrics,
+    TrainerMetrics,
+    serve_metrics,
+)
 from tests.reference import sea_with_switch
 from tests.unit.test_feedback_processor import TOPIC, feedback, records, rig
 from workers.settings import MetricsConfig, load_settings
@@ -36,11 +44,21 @@ DRIFTING = LearnersConfig.from_mapping(
 
 
 @pytest.fixture
-def metrics() -> Metrics:
-    return Metrics(CollectorRegistry())
+def metrics() -> FeedbackMetrics:
+    return FeedbackMetrics(CollectorRegistry())
 
 
-def value(m: Metrics, name: str, **labels: str) -> float:
+@pytest.fixture
+def conversation_metrics() -> ConversationMetrics:
+    return ConversationMetrics(CollectorRegistry())
+
+
+@pytest.fixture
+def trainer_metrics() -> TrainerMetrics:
+    return TrainerMetrics(CollectorRegistry())
+
+
+def value(m: LoopMetrics, name: str, **labels: str) -> float:
     got = m.registry.get_sample_value(name, labels)
     return 0.0 if got is None else got
 
@@ -48,7 +66,7 @@ def value(m: Metrics, name: str, **labels: str) -> float:
 # -- feedback: what a batch did --------------------------------------------------------------------
 
 
-async def test_a_batch_counts_records_learned_dead_letters_and_duplicates(metrics: Metrics) -> None:
+async def test_a_batch_counts_records_learned_dead_letters_and_duplicates(metrics: FeedbackMetrics) -> None:
     r = rig()
     tally = LearnedTally(metrics.events_learned)
     first = [feedback() for _ in range(5)]
@@ -67,7 +85,7 @@ async def test_a_batch_counts_records_learned_dead_letters_and_duplicates(metric
     assert value(metrics, "learnloop_events_learned_total", learner="sea") == 5
 
 
-async def test_learned_per_learner_and_drift_alarms_match_the_learners_own_counts(metrics: Metrics) -> None:
+async def test_learned_per_learner_and_drift_alarms_match_the_learners_own_counts(metrics: FeedbackMetrics) -> None:
     r = rig(DRIFTING)
     tally = LearnedTally(metrics.events_learned)
     stream = sea_with_switch(1500, 1500)
@@ -88,7 +106,7 @@ async def test_learned_per_learner_and_drift_alarms_match_the_learners_own_count
     assert total == len(stream) + 1
 
 
-async def test_a_restored_partition_counts_only_what_it_learns_after_the_snapshot(metrics: Metrics) -> None:
+async def test_a_restored_partition_counts_only_what_it_learns_after_the_snapshot(metrics: FeedbackMetrics) -> None:
     r = rig()
     tally = LearnedTally(metrics.events_learned)
     await r.processor.process(r.state, records([feedback() for _ in range(4)]))
@@ -103,7 +121,7 @@ async def test_a_restored_partition_counts_only_what_it_learns_after_the_snapsho
     assert value(metrics, "learnloop_events_learned_total", learner="sea") == 3
 
 
-def test_predictions_and_dead_letters_count_under_their_own_topic(metrics: Metrics) -> None:
+def test_predictions_and_dead_letters_count_under_their_own_topic(metrics: FeedbackMetrics) -> None:
     result = BatchResult()
     result.deadlettered["invalid_json"] += 2
     metrics.record_batch("learnloop.predictions", 10, result)
@@ -117,7 +135,7 @@ def test_predictions_and_dead_letters_count_under_their_own_topic(metrics: Metri
 # -- snapshots: learner gauges and snapshot age ----------------------------------------------------
 
 
-async def test_a_snapshot_publishes_the_learners_status_and_restarts_its_age(metrics: Metrics) -> None:
+async def test_a_snapshot_publishes_the_learners_status_and_restarts_its_age(metrics: FeedbackMetrics) -> None:
     r = rig()
     await r.processor.process(r.state, records([feedback(label=i % 2 == 0) for i in range(20)]))
     statuses = r.state.statuses()
@@ -136,7 +154,7 @@ async def test_a_snapshot_publishes_the_learners_status_and_restarts_its_age(met
     assert not exported & {"learnloop_learner_events", "learnloop_learner_metric", "learnloop_snapshot_age_seconds"}
 
 
-def test_a_restored_snapshot_is_as_old_as_when_it_was_written(metrics: Metrics) -> None:
+def test_a_restored_snapshot_is_as_old_as_when_it_was_written(metrics: FeedbackMetrics) -> None:
     written = datetime.now(UTC) - timedelta(minutes=10)
     metrics.snapshot_restored(TOPIC, 0, written.isoformat())
     age = value(metrics, "learnloop_snapshot_age_seconds", topic=TOPIC, partition="0")
@@ -185,7 +203,10 @@ def turns(n: int, topic: str = "learnloop.conversations", start: int = 0) -> lis
     ]
 
 
-def test_conversation_batches_count_turns_entities_relations_and_redeliveries(metrics: Metrics) -> None:
+def test_conversation_batches_count_turns_entities_relations_and_redeliveries(
+    conversation_metrics: ConversationMetrics,
+) -> None:
+    metrics = conversation_metrics
     graph = FakeGraph()
     processor = ConversationProcessor(extractor=FakeExtractor(), graph=graph, source="t", metrics=metrics)
     stats = ConversationStats()
@@ -244,7 +265,7 @@ class FakeProducer:
         pass
 
 
-def trainer(pipeline: FakePipeline, metrics: Metrics) -> Trainer:
+def trainer(pipeline: FakePipeline, metrics: TrainerMetrics) -> Trainer:
     return Trainer(jobs=FakeJobs(), pipeline=pipeline, producer=FakeProducer(),  # type: ignore[arg-type]
                    learners=LearnersConfig(), config=TrainerConfig(), worker_id="w", metrics=metrics)
 
@@ -255,8 +276,9 @@ def trainer(pipeline: FakePipeline, metrics: Metrics) -> Trainer:
      (TrainingCancelled(), "cancelled")],
 )
 async def test_a_job_that_does_not_succeed_counts_under_its_outcome(
-    metrics: Metrics, error: BaseException, outcome: str
+    trainer_metrics: TrainerMetrics, error: BaseException, outcome: str
 ) -> None:
+    metrics = trainer_metrics
     job: Any = SimpleNamespace(id="j1", model="sea-text", attempts=1)
     await trainer(FakePipeline(error), metrics).run_job(job)
     assert value(metrics, "learnloop_training_jobs_total", model="sea-text", outcome=outcome) == 1
@@ -265,7 +287,8 @@ async def test_a_job_that_does_not_succeed_counts_under_its_outcome(
                                                                          "alias": "champion"}) is None
 
 
-async def test_a_successful_job_counts_and_sets_the_announced_version(metrics: Metrics) -> None:
+async def test_a_successful_job_counts_and_sets_the_announced_version(trainer_metrics: TrainerMetrics) -> None:
+    metrics = trainer_metrics
     update = ModelUpdate(source="t", model="sea-text", version="7", kind="fine-tuned", uri="models:/sea-text/7",
                          alias="champion", metrics={"f1": 0.9})
     job: Any = SimpleNamespace(id="j1", model="sea-text", attempts=1)
@@ -283,7 +306,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_metrics_serves_the_registry_and_is_off_without_a_port(metrics: Metrics) -> None:
+def test_serve_metrics_serves_the_registry_and_is_off_without_a_port(metrics: FeedbackMetrics) -> None:
     metrics.events_in.labels("t").inc(3)
     assert not serve_metrics("127.0.0.1", 0, metrics.registry)
     assert not serve_metrics("127.0.0.1", None, metrics.registry)
@@ -293,7 +316,9 @@ def test_serve_metrics_serves_the_registry_and_is_off_without_a_port(metrics: Me
         assert 'learnloop_events_in_total{topic="t"} 3.0' in resp.read().decode()
 
 
-def test_a_taken_port_is_logged_and_the_worker_runs_on(metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_taken_port_is_logged_and_the_worker_runs_on(
+    metrics: FeedbackMetrics, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -316,3 +341,43 @@ def test_each_worker_has_its_own_default_port_and_one_setting_overrides_or_disab
     s = load_settings().metrics
     assert (s.host, s.port_for("feedback"), s.port_for("trainer")) == ("0.0.0.0", 9200, 9200)
     assert MetricsConfig(port=0).port_for("conversations") is None
+
+
+# -- each worker kind exports its own families only -------------------------------------------------
+
+LOOP = {"learnloop_events_in", "learnloop_events_deadlettered"}
+BATCH_LOOP = LOOP | {"learnloop_duplicates_dropped", "learnloop_batch_seconds"}
+FAMILIES: dict[type[Any], set[str]] = {
+    FeedbackMetrics: BATCH_LOOP | {
+        "learnloop_events_learned", "learnloop_learn_seconds", "learnloop_learner_metric", "learnloop_learner_events",
+        "learnloop_drift_alarms", "learnloop_snapshots", "learnloop_snapshot_age_seconds",
+        "learnloop_model_publications", "learnloop_publish_capture_seconds",
+    },
+    ConversationMetrics: BATCH_LOOP | {
+        "learnloop_graph_write_seconds", "learnloop_graph_write_failures", "learnloop_graph_entities",
+        "learnloop_graph_relations", "learnloop_conversation_turns",
+    },
+    TrainerMetrics: LOOP | {"learnloop_training_jobs", "learnloop_training_job_seconds", "learnloop_model_version"},
+    PredictorMetrics: {
+        "learnloop_served_version", "learnloop_model_loads", "learnloop_predictions_logged",
+        "learnloop_prediction_logs_dropped",
+    },
+}
+
+
+def families(registry: CollectorRegistry) -> set[str]:
+    return {family.name for family in registry.collect()}
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES), ids=lambda k: k.__name__)
+def test_each_worker_kind_registers_its_own_families_and_no_other(kind: type[Any]) -> None:
+    registry = CollectorRegistry()
+    kind(registry)
+    assert families(registry) == FAMILIES[kind]
+
+
+def test_kinds_on_one_registry_share_the_families_they_have_in_common() -> None:
+    registry = CollectorRegistry()
+    feedback, trainer = FeedbackMetrics(registry), TrainerMetrics(registry)
+    assert trainer.events_in is feedback.events_in and LoopMetrics(registry).deadlettered is feedback.deadlettered
+    assert families(registry) == FAMILIES[FeedbackMetrics] | FAMILIES[TrainerMetrics]

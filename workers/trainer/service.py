@@ -24,7 +24,7 @@ from typing import Any
 from learners.config import LearnersConfig
 from learners.finetune import TrainingCancelled
 from schemas import ModelUpdate, RetrainRequest
-from streams.metrics import Metrics, default_metrics
+from streams.metrics import TrainerMetrics, trainer_metrics
 from streams.producer import EventProducer
 from workers.store.datasets import DatasetInvalid
 from workers.store.jobs import JobStateError, JobStore
@@ -45,7 +45,7 @@ class Trainer:
         learners: LearnersConfig,
         config: TrainerConfig,
         worker_id: str | None = None,
-        metrics: Metrics | None = None,
+        metrics: TrainerMetrics | None = None,
         learners_file: Path | None = None,
     ) -> None:
         self.jobs = jobs
@@ -55,7 +55,7 @@ class Trainer:
         self.learners_file = learners_file
         self.config = config
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics or trainer_metrics()
         self._stopping = asyncio.Event()
         self.completed: list[str] = []
 
