@@ -17,7 +17,7 @@ from workers.api.app import create_app
 from workers.api.auth import KeyRing
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key, main, new_key
-from workers.api.memory import MemoryPublisher, MemoryStore
+from workers.api.memory import MemoryModels, MemoryPublisher, MemoryStore
 from workers.settings import load_settings
 
 WRITER, READER = "ll_writer-key-for-tests", "ll_reader-key-for-tests"
@@ -32,7 +32,8 @@ WRITE_ROUTES = ["/v1/feedback", "/v1/predictions", "/v1/conversations"]
 
 def make_client(tmp_path: Path, **config: object) -> TestClient:
     api = ApiConfig(keys=KEYS, **config)  # type: ignore[arg-type]
-    app = create_app(load_settings(data_dir=tmp_path), api=api, producer=MemoryPublisher(), store=MemoryStore())
+    app = create_app(load_settings(data_dir=tmp_path), api=api, producer=MemoryPublisher(), store=MemoryStore(),
+                     models=MemoryModels([]))
     return TestClient(app)
 
 

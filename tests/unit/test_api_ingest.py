@@ -15,7 +15,7 @@ from streams.topics import Topics
 from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key
-from workers.api.memory import MemoryPublisher, MemoryStore
+from workers.api.memory import MemoryModels, MemoryPublisher, MemoryStore
 from workers.api.ports import Record
 from workers.settings import load_settings
 
@@ -36,7 +36,8 @@ class Harness:
             max_body_bytes=LIMIT, max_batch=5, produce_timeout_s=0.5, **config,  # type: ignore[arg-type]
         )
         settings = load_settings(data_dir=tmp_path, kafka={"topic_prefix": "t."})
-        self.client = TestClient(create_app(settings, api=api, producer=self.publisher, store=MemoryStore()))
+        self.client = TestClient(create_app(settings, api=api, producer=self.publisher, store=MemoryStore(),
+                                           models=MemoryModels([])))
 
     def metric(self, name: str, **labels: str) -> float:
         app = self.client.app

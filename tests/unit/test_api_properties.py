@@ -25,7 +25,7 @@ from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.ingest import INGEST_ROUTES
 from workers.api.keys import hash_key
-from workers.api.memory import MemoryPublisher, MemoryStore
+from workers.api.memory import MemoryModels, MemoryPublisher, MemoryStore
 from workers.settings import load_settings
 
 KEY = "ll_property-writer"
@@ -40,7 +40,8 @@ class Gateway:
         self.publisher = MemoryPublisher()
         api = ApiConfig(keys=[ApiKey(name="prop", sha256=hash_key(KEY), scopes=("read", "write"))],
                         max_body_bytes=LIMIT, max_batch=BATCH)
-        app = create_app(load_settings(data_dir=tmp_path), api=api, producer=self.publisher, store=MemoryStore())
+        app = create_app(load_settings(data_dir=tmp_path), api=api, producer=self.publisher, store=MemoryStore(),
+                         models=MemoryModels([]))
         self.client = TestClient(app)
         self.doc = app.openapi()
 

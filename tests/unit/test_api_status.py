@@ -17,7 +17,7 @@ from workers.api import status as status_module
 from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key
-from workers.api.memory import MemoryPublisher, MemoryStore
+from workers.api.memory import MemoryModels, MemoryPublisher, MemoryStore
 from workers.api.status import LagRows, ModelListing, ModelSource, lag_source, model_source
 from workers.settings import Settings, load_settings
 
@@ -34,7 +34,8 @@ class Harness:
         self.store = MemoryStore([STATUS], [DRIFT])
         self.settings = load_settings(data_dir=tmp_path)
         api = ApiConfig(keys=[ApiKey(name="dash", sha256=hash_key(KEY))], ready_timeout_s=0.5)
-        self.app = create_app(self.settings, api=api, producer=self.publisher, store=self.store)
+        self.app = create_app(self.settings, api=api, producer=self.publisher, store=self.store,
+                              models=MemoryModels(["ctr"]))
         self.client = TestClient(self.app)
 
 
@@ -48,7 +49,7 @@ def gw(tmp_path: Path) -> Iterator[Harness]:
 def test_learners_are_the_stored_statuses_and_recent_drifts(gw: Harness) -> None:
     res = gw.client.get("/v1/learners", headers=AUTH)
     assert res.status_code == 200
-    assert res.json() == {"learners": [STATUS], "drifts": [DRIFT]}
+    assert res.json() == {"learners": [STATUS], "drifts": [DRIFT], "serving": {"ctr": {"version": None}}}
 
 
 def test_learners_are_503_when_redis_is_down(gw: Harness) -> None:

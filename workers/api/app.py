@@ -18,7 +18,8 @@ from workers.api.deps import Gateway
 from workers.api.ingest import ingest_router
 from workers.api.metrics import ApiMetrics, RequestMetrics
 from workers.api.openapi import install_openapi
-from workers.api.ports import EventPublisher, KafkaPublisher, StatusStore
+from workers.api.ports import EventPublisher, KafkaPublisher, ServingModels, StatusStore
+from workers.api.predict import predict_router
 from workers.api.status import status_router
 from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
@@ -26,6 +27,7 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Events in over HTTP, validated with learnloop's schemas and produced to Kafka;
+predictions from each learner's latest published version, logged for the feedback join;
 learner, model and lag status out. Send an API key as `Authorization: Bearer <key>` or `X-API-Key`.
 The status page is at [/status](/status)."""
 
@@ -43,13 +45,15 @@ def create_app(
     api: ApiConfig | None = None,
     producer: EventPublisher | None = None,
     store: StatusStore | None = None,
+    models: ServingModels | None = None,
 ) -> FastAPI:
     """The gateway app.
 
-    ``api`` defaults to ``settings.api``. A ``producer`` or ``store`` given here is
-    used as is (the caller starts and stops it); otherwise the lifespan makes an
-    ``EventProducer`` (creating missing topics first) and a ``RedisStore`` from
-    ``settings`` and closes them at shutdown.
+    ``api`` defaults to ``settings.api``. A ``producer``, ``store`` or ``models`` given
+    here is used as is (the caller starts and stops it); otherwise the lifespan makes an
+    ``EventProducer`` (creating missing topics first), a ``RedisStore`` and the served
+    models (``workers.api.serving``, the latest published version of every declared
+    learner loaded before the first request) from ``settings`` and closes them at shutdown.
     """
     config = api if api is not None else settings.api
     gateway = Gateway(
@@ -60,6 +64,7 @@ def create_app(
         topics=Topics(settings.kafka.topic_prefix),
         publisher=producer,
         store=store,
+        models=models,
     )
 
     @asynccontextmanager
@@ -80,6 +85,11 @@ def create_app(
                 owned.push_async_callback(redis.close)
                 gateway.store = redis
                 owned.callback(setattr, gateway, "store", None)
+            if models is None:
+                from workers.api.serving import start_serving  # River and the predictor SDK come with it
+
+                gateway.models = await start_serving(settings, owned)
+                owned.callback(setattr, gateway, "models", None)
             yield
 
     app = FastAPI(
@@ -93,6 +103,7 @@ def create_app(
     )
     app.state.gateway = gateway
     app.include_router(ingest_router(config.max_batch))
+    app.include_router(predict_router(config.max_batch))
     app.include_router(status_router())
     app.add_middleware(RequestMetrics, metrics=gateway.metrics)
     install_openapi(app)

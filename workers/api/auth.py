@@ -91,3 +91,4 @@ def require(scope: Scope) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
 ReadCaller = Annotated[Principal, Depends(require("read"))]
 WriteCaller = Annotated[Principal, Depends(require("write"))]
+PredictCaller = Annotated[Principal, Depends(require("predict"))]

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.api.keys import KEY_NAME_PATTERN
 
-Scope = Literal["read", "write"]
+Scope = Literal["read", "write", "predict"]
+"""``read``: status routes; ``write``: the ingest routes; ``predict``: ``POST /v1/predict/{learner}``."""
 
 
 class ApiKey(BaseModel):
@@ -40,7 +41,9 @@ class ApiConfig(BaseModel):
 
     ``/healthz``, ``/readyz``, ``/metrics``, the OpenAPI document, ``/docs`` and the
     status page's HTML need no key; the ``/v1`` routes need a ``read`` key (or
-    ``allow_anonymous_read``), the POST routes a ``write`` key.
+    ``allow_anonymous_read``), the ingest POST routes a ``write`` key and
+    ``POST /v1/predict/{learner}`` a ``predict`` key (``write`` does not imply it: a
+    key that may feed the learners is not thereby a key that may query them).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -52,6 +55,9 @@ class ApiConfig(BaseModel):
     keys: list[ApiKey] = Field(default_factory=list)
     allow_anonymous_read: bool = False
     produce_timeout_s: float = Field(default=15.0, gt=0, description="broker acknowledgement of a request's events")
+    prediction_log_timeout_s: float = Field(
+        default=2.0, gt=0, description="broker acknowledgement of a predict request's PredictionEvents"
+    )
     ready_timeout_s: float = Field(default=2.0, gt=0, description="each /readyz probe (broker, Redis)")
 
     @field_validator("keys")

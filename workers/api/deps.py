@@ -11,7 +11,7 @@ from streams.topics import Topics
 from workers.api.auth import KeyRing
 from workers.api.config import ApiConfig
 from workers.api.metrics import ApiMetrics
-from workers.api.ports import EventPublisher, StatusStore
+from workers.api.ports import EventPublisher, ServingModels, StatusStore
 from workers.settings import Settings
 
 
@@ -26,6 +26,7 @@ class Gateway:
     topics: Topics
     publisher: EventPublisher | None = None
     store: StatusStore | None = None
+    models: ServingModels | None = None
     # The MLflow registry, made on first use of /v1/models (importing MLflow takes seconds).
     registry: Any = field(default=None, repr=False)
 
@@ -33,6 +34,11 @@ class Gateway:
         if self.publisher is None:
             raise RuntimeError("the gateway's producer is not started (is the app running under its lifespan?)")
         return self.publisher
+
+    def require_models(self) -> ServingModels:
+        if self.models is None:
+            raise RuntimeError("the gateway's served models are not started (is the app running under its lifespan?)")
+        return self.models
 
     def require_store(self) -> StatusStore:
         if self.store is None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.errors import StoreUnavailable
-from workers.api.ports import Record
+from workers.api.ports import LearnerNotDeclared, NoServedVersion, Record, ServedAnswer
 
 
 class MemoryPublisher:
@@ -57,3 +57,39 @@ class MemoryStore:
     async def ping(self) -> bool:
         self._check()
         return True
+
+
+class MemoryServed:
+    """A fixed model (anything with River's ``predict_one``/``predict_proba_one``) under a version."""
+
+    def __init__(self, version: str, model: Any, *, classifier: bool = True) -> None:
+        self.version = version
+        self.model = model
+        self.classifier = classifier
+
+    def predict(self, rows: Sequence[dict[str, Any]]) -> list[ServedAnswer]:
+        if not self.classifier:
+            return [ServedAnswer(self.model.predict_one(x), None) for x in rows]
+        out = []
+        for x in rows:
+            proba = dict(self.model.predict_proba_one(x) or {})
+            out.append(ServedAnswer(max(proba, key=proba.__getitem__) if proba else None, proba))
+        return out
+
+
+class MemoryModels:
+    """Served versions set by hand: ``declared`` learners, ``serving[name]`` what each one serves."""
+
+    def __init__(self, declared: Sequence[str], serving: dict[str, MemoryServed] | None = None) -> None:
+        self.declared = list(declared)
+        self.serving = dict(serving or {})
+
+    def served(self, learner: str) -> MemoryServed:
+        if learner not in self.declared:
+            raise LearnerNotDeclared(f"learner {learner!r} is not declared in the learners file")
+        if learner not in self.serving:
+            raise NoServedVersion(f"learner {learner!r} has no model yet")
+        return self.serving[learner]
+
+    def versions(self) -> dict[str, dict[str, Any]]:
+        return {n: {"version": s.version if (s := self.serving.get(n)) else None} for n in self.declared}

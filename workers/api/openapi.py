@@ -1,9 +1,10 @@
-"""The OpenAPI document: FastAPI's, plus the event schemas the ingest routes take.
+"""The OpenAPI document: FastAPI's, plus the event and input schemas the POST routes take.
 
-The ingest routes read their bodies themselves (size cap first, then the
-schemas), so FastAPI cannot derive the request bodies; we put the events'
+The ingest and predict routes read their bodies themselves (size cap first, then
+the schemas), so FastAPI cannot derive the request bodies; we put the events'
 JSON Schemas (the same ones ``learnloop schemas export`` writes) under
-``components/schemas``, with ``source`` optional since the gateway fills it in.
+``components/schemas``, with ``source`` optional since the gateway fills it in,
+and the predict route's ``PredictInput`` beside them.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from workers.api.ingest import INGEST_ROUTES
+from workers.api.predict import PredictInput
 
 SOURCE_NOTE = "The producing application; the gateway uses the API key's name when it is absent."
 
 
 def event_components() -> dict[str, Any]:
     """The JSON Schemas of the ingestible events and their parts, keyed by component name."""
-    models = [(model, "validation") for model in INGEST_ROUTES.values()]
-    _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in INGEST_ROUTES.values()]
+    models.append((PredictInput, "validation"))
+    _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = top["$defs"]
     for model in INGEST_ROUTES.values():
         schema = components[model.__name__]

@@ -7,7 +7,8 @@ what it was asked to publish); the server builds the adapters below.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from streams.producer import EventProducer
@@ -37,6 +38,41 @@ class StatusStore(Protocol):
     async def recent_drifts(self, limit: int = 20) -> list[dict[str, Any]]: ...
 
     async def ping(self) -> bool: ...
+
+
+class LearnerNotDeclared(LookupError):
+    """The learner is not in the learners file: the gateway serves declared learners only (404)."""
+
+
+class NoServedVersion(LookupError):
+    """The learner is declared but no version of it is served yet (409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedAnswer:
+    """One prediction: the class and its probabilities (classifier), or the value and ``None`` (regressor)."""
+
+    label: Any
+    probabilities: Mapping[Any, float] | None
+
+
+class ServedLearner(Protocol):
+    """One complete, verified version of a learner; held for a whole request, never changed under it."""
+
+    @property
+    def version(self) -> str: ...
+
+    def predict(self, rows: Sequence[dict[str, Any]]) -> list[ServedAnswer]: ...
+
+
+class ServingModels(Protocol):
+    """The learners' served versions, following new ones as they are published."""
+
+    def served(self, learner: str) -> ServedLearner:
+        """The version serving now; ``LearnerNotDeclared`` or ``NoServedVersion`` when there is none."""
+
+    def versions(self) -> dict[str, dict[str, Any]]:
+        """Per declared learner, what is served (``version`` null when nothing is), for the status page."""
 
 
 class KafkaPublisher:

@@ -128,7 +128,9 @@ def status_router() -> APIRouter:
     @router.get(
         "/v1/learners",
         tags=["status"],
-        summary="Each learner's status (metrics, drifts) and the most recent drift events",
+        summary="Each learner's status (metrics, drifts), the most recent drift events, and what this gateway serves",
+        description="`serving` maps each declared learner to the version this gateway predicts with "
+        "(`version` null until one is published).",
         responses={503: {"description": "Redis is unreachable"}},
     )
     async def learners(_: ReadCaller, gateway: GatewayDep) -> dict[str, Any]:
@@ -139,7 +141,8 @@ def status_router() -> APIRouter:
         except (StoreUnavailable, RedisError, OSError) as error:
             log.warning("learner statuses unavailable: %s", error)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "redis unavailable") from None
-        return {"learners": statuses, "drifts": drifts}
+        serving = gateway.models.versions() if gateway.models is not None else {}
+        return {"learners": statuses, "drifts": drifts, "serving": jsonable_encoder(serving)}
 
     @router.get(
         "/v1/models",
