@@ -20,6 +20,7 @@ from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.deps import Gateway
 from workers.api.keys import hash_key, new_key
+from workers.api.memory import MemoryModels, MemoryServed
 from workers.api.server import BackgroundServer
 from workers.api.status import LagRows, ModelListing, ModelSource, lag_source, model_source
 from workers.feedback.redis_store import RedisStore
@@ -114,6 +115,7 @@ def page_server(settings: Settings) -> Iterator[tuple[BackgroundServer, Replay]]
         gateway: Gateway = app.state.gateway
         replay = Replay(gateway.store)  # the store the lifespan opened, in the server's event loop
         gateway.store = replay
+        gateway.models = MemoryModels(["sea", "ctr"], {"sea": MemoryServed("4242", None)})
         yield server, replay
 
 
@@ -155,6 +157,8 @@ async def test_status_page_draws_learners_drifts_lag_and_models(
     assert "rolling_mae" in html
     assert 'id="lag-table"' in html and ">840<" in html
     assert 'data-model="sea-text"' in html and 'class="alias champion"' in html
+    assert '<span class="served">serving <b>v4242</b></span>' in html  # what this gateway predicts with
+    assert "serving <b>none yet</b>" in html and "serving <b>not declared</b>" in html
     assert '<span id="state" class="ok">live</span>' in html
     assert '<form id="keyform" hidden="">' in html
 

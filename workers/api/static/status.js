@@ -118,10 +118,16 @@ function chart(points, driftAt, metric) {
   return root;
 }
 
+// The version this gateway predicts with: "not declared" (no predict route) or "none yet" (nothing published).
+function servedVersion(entry) {
+  if (!entry) return "not declared";
+  return entry.version === null || entry.version === undefined ? "none yet" : "v" + entry.version;
+}
+
 function renderLearners(res) {
   const target = document.getElementById("learners");
   if (!res.ok) return problem(target, res);
-  const { learners = [], drifts = [] } = res.body || {};
+  const { learners = [], drifts = [], serving = {} } = res.body || {};
   if (!learners.length) {
     return target.replaceChildren(el("p", { class: "note" }, "no learner state yet (is a feedback worker running?)"));
   }
@@ -134,6 +140,7 @@ function renderLearners(res) {
       el("h3", {}, learner.name, el("span", { class: "kind" }, `${learner.task || "?"} · ${learner.model || "?"}`)),
       el("div", { class: "stats" },
         el("span", {}, "learned ", el("b", {}, fmt(learner.n_learned || 0))),
+        el("span", { class: "served" }, "serving ", el("b", {}, servedVersion(serving[learner.name]))),
         el("span", {}, `${metric ? metric.name : "metric"} `, el("b", {}, metric ? fmt(metric.value) : "–")),
         el("span", {}, "drifts ", el("b", {}, fmt(learner.drifts || 0))),
         el("span", {}, "last drift at ", el("b", {}, learner.last_drift ? fmt(learner.last_drift.n_seen) : "–"))));
