@@ -105,7 +105,7 @@ async def test_feedback_makes_the_gateway_serve_a_newer_version_that_predicts_ac
     http: httpx.AsyncClient,
 ) -> None:
     unknown = await http.post("/v1/predict/nobody", json={"features": {"x": 1.0}}, headers=APP_KEY)
-    assert unknown.status_code == 404 and "not declared in the learners file" in unknown.json()["detail"]
+    assert unknown.status_code == 404 and "not in the learners file" in unknown.json()["detail"]
     idle = await http.post("/v1/predict/idle", json={"features": {"x": 1.0}}, headers=APP_KEY)
     assert idle.status_code == 409 and "has no model yet" in idle.json()["detail"]
     # The scopes, on the real server: the ingest key cannot predict, the app key cannot ingest.

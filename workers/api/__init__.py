@@ -1,4 +1,4 @@
-"""The HTTP gateway: events in over HTTP, produced to Kafka; learner, model and lag status out.
+"""The HTTP gateway: events in over HTTP, produced to Kafka; predictions; learner, model and lag status out.
 
 ``create_app`` (``workers.api.app``) builds the FastAPI app; ``run_api``
 (``workers.api.server``) serves it with uvicorn (``learnloop worker api``).
@@ -9,7 +9,8 @@ route                                  key      does
 ``POST /v1/feedback``                  write    one ``FeedbackEvent`` or a JSON array of them -> Kafka
 ``POST /v1/predictions``               write    ``PredictionEvent`` (one or an array)
 ``POST /v1/conversations``             write    ``ConversationEvent`` (one or an array)
-``GET /v1/learners``                   read     learner statuses and recent drifts (Redis)
+``POST /v1/predict/{learner}``         predict  the learner's served version answers; logged as ``PredictionEvent``
+``GET /v1/learners``                   read     learner statuses, recent drifts, the version served per learner
 ``GET /v1/models``                     read     registered model versions and aliases (MLflow)
 ``GET /v1/lag``                        read     consumer lag rows (the lag monitor)
 ``GET /healthz``, ``/readyz``          none     process up; broker and Redis reachable

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from streams.admin import ensure_topics
+from streams.metrics import Metrics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.api.auth import KeyRing
@@ -67,12 +68,16 @@ def create_app(
         models=models,
     )
 
+    # The predictor's metrics (versions served, loads refused, predictions logged) on the gateway's /metrics.
+    serving_metrics = Metrics(gateway.metrics.registry) if models is None else None
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if not config.keys:
             log.warning("no API keys configured (api.keys): only anonymous reads%s are possible",
                         "" if config.allow_anonymous_read else ", and those are off,")
         async with AsyncExitStack() as owned:
+            kafka: EventProducer | None = None
             if producer is None:
                 await ensure_topics(settings.kafka, gateway.topics.all())
                 kafka = EventProducer(settings.kafka, topics=gateway.topics)
@@ -88,7 +93,8 @@ def create_app(
             if models is None:
                 from workers.api.serving import start_serving  # River and the predictor SDK come with it
 
-                gateway.models = await start_serving(settings, owned)
+                # Started last, so stopped first: the predictions it still has to log go out on `kafka`.
+                gateway.models = await start_serving(settings, owned, producer=kafka, metrics=serving_metrics)
                 owned.callback(setattr, gateway, "models", None)
             yield
 

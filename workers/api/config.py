@@ -55,9 +55,6 @@ class ApiConfig(BaseModel):
     keys: list[ApiKey] = Field(default_factory=list)
     allow_anonymous_read: bool = False
     produce_timeout_s: float = Field(default=15.0, gt=0, description="broker acknowledgement of a request's events")
-    prediction_log_timeout_s: float = Field(
-        default=2.0, gt=0, description="broker acknowledgement of a predict request's PredictionEvents"
-    )
     ready_timeout_s: float = Field(default=2.0, gt=0, description="each /readyz probe (broker, Redis)")
 
     @field_validator("keys")

@@ -10,11 +10,12 @@ b'ctr'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from schemas.errors import StoreUnavailable
-from workers.api.ports import LearnerNotDeclared, NoServedVersion, Record, ServedAnswer
+from workers.api.ports import LearnerUnknown, NoServedVersion, Record
 
 
 class MemoryPublisher:
@@ -59,6 +60,15 @@ class MemoryStore:
         return True
 
 
+class MemoryPrediction(NamedTuple):
+    learner: str
+    prediction_id: str
+    model_version: str
+    label: Any = None
+    probabilities: dict[Any, float] | None = None
+    value: float | None = None
+
+
 class MemoryServed:
     """A fixed model (anything with River's ``predict_one``/``predict_proba_one``) under a version."""
 
@@ -67,29 +77,45 @@ class MemoryServed:
         self.model = model
         self.classifier = classifier
 
-    def predict(self, rows: Sequence[dict[str, Any]]) -> list[ServedAnswer]:
-        if not self.classifier:
-            return [ServedAnswer(self.model.predict_one(x), None) for x in rows]
-        out = []
-        for x in rows:
-            proba = dict(self.model.predict_proba_one(x) or {})
-            out.append(ServedAnswer(max(proba, key=proba.__getitem__) if proba else None, proba))
-        return out
-
 
 class MemoryModels:
-    """Served versions set by hand: ``declared`` learners, ``serving[name]`` what each one serves."""
+    """Served versions set by hand: ``declared`` learners, ``serving[name]`` what each one serves.
+
+    ``logged`` collects ``(prediction, features, text)`` for every prediction asked to be logged.
+    """
 
     def __init__(self, declared: Sequence[str], serving: dict[str, MemoryServed] | None = None) -> None:
         self.declared = list(declared)
         self.serving = dict(serving or {})
+        self.logged: list[tuple[MemoryPrediction, Mapping[str, Any] | None, str | None]] = []
+        self._ids = itertools.count(1)
 
-    def served(self, learner: str) -> MemoryServed:
-        if learner not in self.declared:
-            raise LearnerNotDeclared(f"learner {learner!r} is not declared in the learners file")
+    def check(self, learner: str) -> None:
         if learner not in self.serving:
+            if learner not in self.declared:
+                raise LearnerUnknown(f"unknown learner {learner!r}: it is not in the learners file")
             raise NoServedVersion(f"learner {learner!r} has no model yet")
-        return self.serving[learner]
+
+    def predict(
+        self, learner: str, inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]], *, log: bool
+    ) -> list[MemoryPrediction]:
+        self.check(learner)
+        served = self.serving[learner]
+        out = []
+        for features, text in inputs:
+            x = {**(features or {}), **({"__text__": text} if text is not None else {})}
+            pid = f"p-{next(self._ids)}"
+            if served.classifier:
+                proba = dict(served.model.predict_proba_one(x) or {})
+                label = max(proba, key=proba.__getitem__) if proba else None
+                p = MemoryPrediction(learner, pid, served.version, label, proba)
+            else:
+                p = MemoryPrediction(learner, pid, served.version, value=float(served.model.predict_one(x)))
+            if log:
+                self.logged.append((p, features, text))
+            out.append(p)
+        return out
 
     def versions(self) -> dict[str, dict[str, Any]]:
-        return {n: {"version": s.version if (s := self.serving.get(n)) else None} for n in self.declared}
+        names = [*self.declared, *sorted(set(self.serving) - set(self.declared))]
+        return {n: {"version": s.version if (s := self.serving.get(n)) else None} for n in names}

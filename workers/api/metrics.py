@@ -55,11 +55,6 @@ class ApiMetrics:
             ["learner"],
             registry=self.registry,
         )
-        self.predictions_unlogged = Counter(
-            "learnloop_api_predictions_unlogged",
-            "Predictions answered whose PredictionEvent the broker did not acknowledge in time (no join possible).",
-            registry=self.registry,
-        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

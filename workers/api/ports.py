@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from streams.producer import EventProducer
@@ -40,39 +39,49 @@ class StatusStore(Protocol):
     async def ping(self) -> bool: ...
 
 
-class LearnerNotDeclared(LookupError):
-    """The learner is not in the learners file: the gateway serves declared learners only (404)."""
+class LearnerUnknown(LookupError):
+    """Not in the learners file and never published: no such learner (404)."""
 
 
 class NoServedVersion(LookupError):
-    """The learner is declared but no version of it is served yet (409)."""
+    """A known learner with no version served yet: nothing learned or published so far (409)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ServedAnswer:
-    """One prediction: the class and its probabilities (classifier), or the value and ``None`` (regressor)."""
-
-    label: Any
-    probabilities: Mapping[Any, float] | None
-
-
-class ServedLearner(Protocol):
-    """One complete, verified version of a learner; held for a whole request, never changed under it."""
+class ServedPrediction(Protocol):
+    """One prediction as the predictor makes it (``streams.predictor.Prediction``)."""
 
     @property
-    def version(self) -> str: ...
+    def learner(self) -> str: ...
 
-    def predict(self, rows: Sequence[dict[str, Any]]) -> list[ServedAnswer]: ...
+    @property
+    def prediction_id(self) -> str: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def label(self) -> Any: ...
+
+    @property
+    def probabilities(self) -> Mapping[Any, float] | None: ...
+
+    @property
+    def value(self) -> float | None: ...
 
 
 class ServingModels(Protocol):
     """The learners' served versions, following new ones as they are published."""
 
-    def served(self, learner: str) -> ServedLearner:
-        """The version serving now; ``LearnerNotDeclared`` or ``NoServedVersion`` when there is none."""
+    def check(self, learner: str) -> None:
+        """Raise ``LearnerUnknown`` or ``NoServedVersion`` unless ``learner`` is served."""
+
+    def predict(
+        self, learner: str, inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]], *, log: bool
+    ) -> Sequence[ServedPrediction]:
+        """One prediction per ``(features, text)``, all from one version; logged unless ``log`` is false."""
 
     def versions(self) -> dict[str, dict[str, Any]]:
-        """Per declared learner, what is served (``version`` null when nothing is), for the status page."""
+        """Per known learner, what is served (``version`` null while nothing is), for the status page."""
 
 
 class KafkaPublisher:

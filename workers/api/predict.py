@@ -1,43 +1,46 @@
 """``POST /v1/predict/{learner}``: the learner's served version predicts; the answer is logged for the join.
 
+The gateway is a thin HTTP shell over the SDK's ``OnlinePredictor`` (``streams.predictor``):
+the same verified versions, the same predict call, the same prediction log, so an app
+gets the same answers in-process or over HTTP.
+
 A request carries one input (a JSON object: ``features`` and/or ``text``, optional
 ``subject_id``) or a batch (a JSON array of them), with the same limits as events.
-In order: the caller needs a ``predict`` key (401/403); the learner must be
-declared in the learners file (404) and have a served version (409); the body is
-capped and validated like an ingest body (413, 415, 422, nothing predicted). Every
-input of a request is answered by the same version, taken once, so a version that
-arrives mid-request never mixes into its answers.
+In order: the caller needs a ``predict`` key (401/403); the learner must be known
+(404: not in the learners file and nothing published) and served (409: no version
+yet); the body is capped and validated like an ingest body (413, 415, 422, nothing
+predicted). Every input of a request is answered by one version, read once, so a
+version that arrives mid-request never mixes into its answers.
 
 Each answer has a ``prediction_id``, the ``model_version`` and, from a classifier,
 the ``label`` and the class ``probabilities`` (most likely first), from a regressor
-the ``value``. Unless ``log=false`` (query parameter), one ``PredictionEvent`` per
-answer (the features and text served, the prediction, the version) goes to
-``learnloop.predictions`` before the answer is sent, so feedback that later carries
-only the ``prediction_id`` joins to exactly what was served. If the broker does not
-acknowledge within ``api.prediction_log_timeout_s``, the predictions are still
-answered, with ``logged: false``: feedback on them would find nothing to join.
+the ``value``. Unless ``log=false`` (query parameter), the predictor logs one
+``PredictionEvent`` per answer (the features and text served, the prediction, the
+version) to ``learnloop.predictions``, so that feedback carrying only the
+``prediction_id`` joins to exactly what was served. Logging happens off the request
+path: a log the broker refuses is counted in ``learnloop_prediction_logs_dropped_total``
+and logged by the gateway. ``subject_id`` is echoed, not logged (``PredictionEvent``
+has no such field).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Self
 
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas import Features, FeatureValue, PredictionEvent
+from schemas import Features, FeatureValue
 from schemas.envelope import Ident, Text
-from streams.producer import route
 from workers.api.auth import PredictCaller
-from workers.api.deps import Gateway, GatewayDep
+from workers.api.deps import GatewayDep
 from workers.api.ingest import ErrorBody, ItemError, Rejected, Rejection, _check_media_type, _decode_json, read_capped
-from workers.api.ports import LearnerNotDeclared, NoServedVersion, Record, ServedAnswer
+from workers.api.ports import LearnerUnknown, NoServedVersion, ServedPrediction
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,7 @@ class PredictInput(BaseModel):
 
     features: Features | None = None
     text: Text | None = None
-    subject_id: Ident | None = Field(default=None, description="who the prediction is for (echoed, and logged)")
-    prediction_id: Ident | None = Field(
-        default=None, description="your own id for this prediction (default: a fresh UUID); feedback quotes it"
-    )
+    subject_id: Ident | None = Field(default=None, description="who the prediction is for (echoed in the answer)")
 
     @model_validator(mode="after")
     def _needs_input(self) -> Self:
@@ -78,7 +78,8 @@ class Prediction(BaseModel):
     )
     value: float | None = Field(default=None, description="regression: the predicted value")
     subject_id: str | None = None
-    logged: bool = Field(description="a PredictionEvent for it is on learnloop.predictions (feedback can join)")
+    logged: bool = Field(description="handed to the prediction log (false with log=false): feedback by "
+                         "prediction_id can join")
 
 
 class Predictions(BaseModel):
@@ -123,42 +124,18 @@ def decode_inputs(body: bytes, *, max_batch: int) -> tuple[list[PredictInput], b
     return inputs, isinstance(doc, list)
 
 
-def answer(learner: str, version: str, given: PredictInput, served: ServedAnswer) -> Prediction:
+def answer(served: ServedPrediction, given: PredictInput, logged: bool) -> Prediction:
     """The response item for one input."""
-    pid = given.prediction_id or str(uuid.uuid4())
     if served.probabilities is None:  # a regressor
-        value = None if served.label is None else float(served.label)
-        return Prediction(prediction_id=pid, learner=learner, model_version=version, value=value,
-                          subject_id=given.subject_id, logged=False)
+        return Prediction(prediction_id=served.prediction_id, learner=served.learner,
+                          model_version=served.model_version, value=served.value, subject_id=given.subject_id,
+                          logged=logged)  # fmt: skip
     ranked = sorted(served.probabilities.items(), key=lambda kv: kv[1], reverse=True)
     return Prediction(
-        prediction_id=pid, learner=learner, model_version=version, label=served.label,
-        probabilities=[ClassProbability(label=k, probability=p) for k, p in ranked],
-        subject_id=given.subject_id, logged=False,
+        prediction_id=served.prediction_id, learner=served.learner, model_version=served.model_version,
+        label=served.label, probabilities=[ClassProbability(label=k, probability=p) for k, p in ranked],
+        subject_id=given.subject_id, logged=logged,
     )
-
-
-def prediction_event(p: Prediction, given: PredictInput, source: str) -> PredictionEvent:
-    """What the join needs later: the features and text served, the prediction, the version."""
-    top = p.probabilities[0].probability if p.probabilities else None
-    return PredictionEvent(
-        prediction_id=p.prediction_id, learner=p.learner, features=given.features, text=given.text,
-        prediction=p.label if p.value is None else p.value, probability=top, model_version=p.model_version,
-        source=source,
-    )
-
-
-async def _log(gateway: Gateway, events: list[PredictionEvent]) -> bool:
-    """Produce the events; True once the broker acknowledged all of them."""
-    records = [Record(*route(e, gateway.topics), e.to_json()) for e in events]
-    try:
-        await asyncio.wait_for(gateway.require_publisher().publish(records), gateway.config.prediction_log_timeout_s)
-    except (KafkaError, TimeoutError, OSError) as error:
-        log.warning("prediction log: the broker did not acknowledge %d prediction(s): %r", len(records), error)
-        gateway.metrics.predictions_unlogged.inc(len(records))
-        return False
-    gateway.metrics.produced.labels(gateway.topics.predictions).inc(len(records))
-    return True
 
 
 def _endpoint() -> Any:
@@ -169,12 +146,9 @@ def _endpoint() -> Any:
         gateway: GatewayDep,
         log_: Annotated[bool, Query(alias="log", description="false: do not log the predictions")] = True,
     ) -> JSONResponse:
-        try:
-            served = gateway.require_models().served(learner)  # one version for every input of the request
-        except LearnerNotDeclared as error:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-        except NoServedVersion as error:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        models = gateway.require_models()
+        with _http_errors():
+            models.check(learner)  # 404/409 before the body is read
         try:
             _check_media_type(request)
             body = await read_capped(request, gateway.config.max_body_bytes)
@@ -183,14 +157,10 @@ def _endpoint() -> Any:
             for reason, n in Counter(e.reason for e in rejection.errors).items():
                 gateway.metrics.rejected.labels(reason).inc(n)
             return rejection.response()
-        version = served.version
-        outputs = served.predict([_row(i) for i in inputs])
-        answers = [answer(learner, version, i, o) for i, o in zip(inputs, outputs, strict=True)]
+        with _http_errors():
+            served = models.predict(learner, [(i.features, i.text) for i in inputs], log=log_)
+        answers = [answer(p, i, log_) for p, i in zip(served, inputs, strict=True)]
         gateway.metrics.predictions.labels(learner).inc(len(answers))
-        if log_:
-            logged = await _log(gateway, [prediction_event(a, i, caller.name) for a, i in zip(answers, inputs,
-                                                                                              strict=True)])
-            answers = [a.model_copy(update={"logged": logged}) for a in answers]
         if batch:
             return JSONResponse(Predictions(predictions=answers).model_dump(mode="json"))
         return JSONResponse(answers[0].model_dump(mode="json"))
@@ -198,10 +168,14 @@ def _endpoint() -> Any:
     return predict
 
 
-def _row(given: PredictInput) -> dict[str, Any]:
-    from learners.models import with_text  # River comes with it; imported when the first request needs it
-
-    return with_text(given.features, given.text)
+@contextmanager
+def _http_errors() -> Iterator[None]:
+    try:
+        yield
+    except LearnerUnknown as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except NoServedVersion as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
 
 def predict_router(max_batch: int) -> APIRouter:
@@ -217,7 +191,7 @@ def predict_router(max_batch: int) -> APIRouter:
         responses={
             401: {"model": ErrorBody, "description": "no API key, or an unknown one"},
             403: {"model": ErrorBody, "description": "the key lacks the predict scope"},
-            404: {"model": ErrorBody, "description": "the learner is not declared in the learners file"},
+            404: {"model": ErrorBody, "description": "the learner is not in the learners file and was never published"},
             409: {"model": ErrorBody, "description": "the learner has no served version yet (nothing published)"},
             413: {"model": Rejected, "description": "body over api.max_body_bytes, or batch over api.max_batch"},
             415: {"model": Rejected, "description": "a media type other than JSON"},
