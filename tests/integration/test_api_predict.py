@@ -14,12 +14,15 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from schemas import ModelUpdate
+from streams.producer import EventProducer
 from tests.conftest import worker_env
 from tests.integration.util import start_worker, stop_worker, wait_for
 from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key, new_key
 from workers.api.server import BackgroundServer
+from workers.serving.model_store import RedisModelStore
 from workers.settings import Settings
 from workers.store.engine import engine_for
 from workers.store.feedback import FeedbackStore
@@ -163,3 +166,34 @@ async def test_a_restarted_gateway_serves_the_latest_version_from_its_first_requ
             answer = await served(http, 9.0)  # the very first request: no waiting for an announcement
     assert int(answer["model_version"]) >= int(latest["model_version"]), answer
     assert time.monotonic() - started < 60
+
+
+async def test_a_tampered_published_snapshot_is_refused_and_the_served_version_stays(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    await send(http, feedback(300))
+    served_before = await wait_served(http, 9.0, lambda a: a["label"] is True, "a first version")
+    models = RedisModelStore.from_config(settings.redis, settings.serving)
+    try:
+        found = await models.fetch_latest("sea")
+        assert found is not None
+        version, blob = found
+        forged = version + 1000
+        tampered = bytearray(blob)
+        tampered[len(blob) // 2] ^= 0xFF  # one flipped byte in the pickle: the signature no longer verifies
+        assert await models.publish("sea", forged, bytes(tampered)) == forged
+        uri = models.uri("sea", forged)
+    finally:
+        await models.close()
+    async with EventProducer(settings.kafka) as producer:
+        await producer.send(ModelUpdate(model="sea", version=str(forged), kind="online-snapshot", uri=uri,
+                                        alias="online", source="attacker"))
+
+    async def refused() -> bool:
+        text = (await http.get("/metrics")).text
+        return 'learnloop_model_loads_total{learner="sea",outcome="refused_signature"} 1.0' in text
+
+    await wait_for(refused, timeout=60, what="the gateway to refuse the tampered version")
+    after = await served(http, 9.0)
+    assert after["model_version"] == served_before["model_version"]
+    assert after["label"] is True
