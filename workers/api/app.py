@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from streams.admin import ensure_topics
-from streams.metrics import Metrics
+from streams.metrics import PredictorMetrics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.api.auth import KeyRing
@@ -69,7 +69,7 @@ def create_app(
     )
 
     # The predictor's metrics (versions served, loads refused, predictions logged) on the gateway's /metrics.
-    serving_metrics = Metrics(gateway.metrics.registry) if models is None else None
+    serving_metrics = PredictorMetrics(gateway.metrics.registry) if models is None else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

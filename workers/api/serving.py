@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from learners.config import LearnersConfig, load_learners_file
-from streams.metrics import Metrics
+from streams.metrics import PredictorMetrics
 from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, Prediction
 from streams.producer import EventProducer
 from workers.api.ports import LearnerUnknown, NoServedVersion
@@ -67,7 +67,7 @@ class PredictorModels:
 
 
 async def start_serving(
-    settings: Settings, owned: AsyncExitStack, *, producer: EventProducer | None, metrics: Metrics | None
+    settings: Settings, owned: AsyncExitStack, *, producer: EventProducer | None, metrics: PredictorMetrics | None
 ) -> PredictorModels:
     """Start the predictor (it loads what is published before returning); ``owned`` stops it.
 
