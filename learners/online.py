@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,16 @@ class OnlineLearner:
         """The current prediction for ``x``; ``None`` from a classifier that has seen no class."""
         prediction = self._model.predict_one(x if isinstance(x, dict) else dict(x))
         return prediction  # type: ignore[no-any-return]
+
+    @property
+    def proba_scorer(self) -> Callable[[dict[str, FeatureValue]], dict[Any, float]] | None:
+        """The model's own ``predict_proba_one`` when the prediction is its argmax, for serving.
+
+        That holds for every classifier River gives us; ``None`` for a regressor or a classifier
+        with a ``predict_one`` of its own (use :meth:`predict_with_proba`). Serving calls it
+        directly: a prediction then costs River's call and little else.
+        """
+        return self._model.predict_proba_one if self._derive_prediction else None
 
     def predict_with_proba(self, x: dict[str, FeatureValue]) -> tuple[Any, dict[Any, float] | None]:
         """The prediction for ``x`` and, from a classifier, the class probabilities it comes from.

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from learners.config import LearnerSpec
 from learners.labels import Target
+from learners.models import models_for
 from learners.online import OnlineLearner
 from learners.snapshot import dump_snapshot, load_snapshot
 from schemas import Envelope, ModelUpdate, PredictionEvent
@@ -282,3 +283,26 @@ def test_a_logged_prediction_is_the_event_feedback_joins_to() -> None:
     assert (event.features, event.text, event.prediction, event.probability) == ({"x": 1.0}, "hi", True, 0.75)
     value = _prediction_event(Prediction("price", "p-2", "7", None, None, 12.5), {"x": 1.0}, None, "shop")
     assert (value.prediction, value.probability) == (12.5, None)
+
+
+@pytest.mark.parametrize(
+    ("task", "model"), [(t, m) for t in ("binary", "multiclass", "regression") for m in models_for(t)]
+)
+async def test_the_predictor_predicts_what_the_learner_predicts_for_every_model(task: str, model: str) -> None:
+    learner = OnlineLearner("m", LearnerSpec(task=task, model=model))  # type: ignore[arg-type]
+    for i in range(300):
+        x = {"x": float(i % 10), "y": float(i % 7)}
+        y: object = {"binary": x["x"] >= 5, "multiclass": f"c{i % 3}", "regression": 2.0 * x["x"]}[task]
+        learner.learn_one(x, Target(y=y, weight=1.0))  # type: ignore[arg-type]
+    store = MemoryModelStore()
+    await store.publish("m", learner.n_seen, blob(learner))
+    p = predictor(store, ["m"])
+    await p._resync()
+    for i in range(20):
+        x = {"x": float(i % 10), "y": float(i % 3)}
+        prediction = p.predict("m", x)
+        if task == "regression":
+            assert prediction.value == pytest.approx(learner.predict_one(x))
+        else:
+            assert prediction.label == learner.predict_one(x)
+            assert prediction.probabilities == pytest.approx(learner.predict_proba_one(x))
