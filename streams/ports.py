@@ -96,6 +96,10 @@ class ModelStore(Protocol):
         """Where one version is, as announced in ``ModelUpdate.uri``."""
         ...
 
+    async def close(self) -> None:
+        """Release the connections (a predictor built with ``own_store`` calls it when it stops)."""
+        ...
+
 
 class SampleSink(Protocol):
     """Where learned feedback goes for later fine-tuning (the SQL feedback store).

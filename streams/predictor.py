@@ -1,89 +1,36 @@
 """Predictor SDK: serve the online learners in-process, following their published versions.
 
-``OnlinePredictor`` loads the latest published version of each learner it follows from the
-model store at start (so it serves at once), then follows ``learnloop.model-updates``
-(``kind="online-snapshot"``) and reads the store again every ``resync_every_s``, so that a
-version whose announcement was lost is still served. Every blob is verified (HMAC, the
-snapshot key) before it is unpickled, and must name the learner and version it was fetched
-as; a refused version is logged and counted, and the loaded one keeps serving. A new version
-replaces the old one with one reference assignment: a prediction runs on a whole model.
-
-``predict`` runs locally, with no network hop: the learner's River model, an id, and (by
-default) a log entry that a background task turns into a ``PredictionEvent`` on
-``learnloop.predictions``. Feedback that later carries only that ``prediction_id`` and a
-label is joined by the feedback worker to the exact features that were served.
+``OnlinePredictor`` serves the latest published version of each learner it follows
+(``streams.live_models``: loaded from the model store at start, then followed on
+``learnloop.model-updates``, every blob verified before it is unpickled). ``predict`` runs
+locally, with no network hop: River's own call on the served model, an id, and (by default)
+an entry for ``streams.prediction_log``, which sends it as a ``PredictionEvent`` in the
+background. Feedback that later carries only that ``prediction_id`` and a label is joined by
+the feedback worker to the exact features that were served.
 
 ``SyncOnlinePredictor`` wraps it for threaded apps, on its own event loop in a daemon thread.
+The snapshot key it verifies with lets whoever holds it sign models that this process will
+unpickle (run): treat ``LEARNLOOP_SNAPSHOT__KEY`` as a secret.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import itertools
-import logging
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-from pydantic import ValidationError
-
 from learners.models import FeatureValue, with_text
-from learners.online import OnlineLearner
-from learners.snapshot import load_snapshot
-from schemas import InvalidEvent, ModelUpdate, PredictionEvent, parse_event
-from schemas.errors import SnapshotError, SnapshotSignatureError, StoreUnavailable
 from streams.config import KafkaConfig, ServingConfig
+from streams.live_models import LearnerNotFollowed, LiveModels, ModelNotReady, Served
 from streams.loopthread import BlockingClient
 from streams.metrics import PredictorMetrics, predictor_metrics
 from streams.ports import ModelStore
+from streams.prediction_log import LogEntry, PredictionLog
 from streams.producer import EventProducer
-from streams.subscriber import ModelNotReady
 from streams.topics import Topics
 
 __all__ = ["LearnerNotFollowed", "ModelNotReady", "OnlinePredictor", "Prediction", "Served", "SyncOnlinePredictor"]
-
-log = logging.getLogger(__name__)
-
-ONLINE_SNAPSHOT = "online-snapshot"
-_POLL_MS = 500
-
-
-class LearnerNotFollowed(ModelNotReady):
-    """The predictor was built to follow other learners; this one will never be served by it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """One loaded version of a learner; immutable, so a reference to it is always consistent.
-
-    ``version`` is the learner's ``n_learned`` at publication (see ``streams.publisher``).
-    """
-
-    learner: str
-    version: str
-    learner_obj: OnlineLearner
-    task: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    published_at: str = ""
-    # The River model's predict_proba_one, bound once: the hot path calls it with nothing in between.
-    proba_scorer: Callable[[dict[str, FeatureValue]], dict[Any, float]] | None = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "proba_scorer", self.learner_obj.proba_scorer)
-
-    @property
-    def classifier(self) -> bool:
-        return self.task != "regression"
-
-    @property
-    def n_learned(self) -> int:
-        return int(self.version)
 
 
 class Prediction(NamedTuple):
@@ -107,11 +54,14 @@ class Prediction(NamedTuple):
 
 
 _new_tuple = tuple.__new__  # a NamedTuple built without its generated __new__ (a third of the cost)
-_LogEntry = tuple[Prediction, dict[str, FeatureValue] | None, str | None]
 
 
 class OnlinePredictor:
     """Serves chosen learners (``learners``; ``None`` follows every published learner).
+
+    With ``log`` (the default) every prediction is logged; ``producer`` shares an app's
+    started ``EventProducer``, otherwise the predictor starts its own. ``own_store`` closes
+    ``store`` when the predictor stops.
 
     >>> p = OnlinePredictor(KafkaConfig(), ["sea"], store=None, snapshot_key=b"k" * 16, log=False)
     >>> p.predict("sea", features={"x": 1.0})
@@ -121,7 +71,7 @@ class OnlinePredictor:
     >>> p.get("ctr")
     Traceback (most recent call last):
     ...
-    streams.predictor.LearnerNotFollowed: learner 'ctr' is not followed by this predictor (following: sea)
+    streams.live_models.LearnerNotFollowed: learner 'ctr' is not followed by this predictor (following: sea)
     """
 
     def __init__(
@@ -137,34 +87,41 @@ class OnlinePredictor:
         config: ServingConfig | None = None,
         topics: Topics | None = None,
         metrics: PredictorMetrics | None = None,
+        own_store: bool = False,
     ) -> None:
-        self.kafka = kafka
-        self.learners = None if learners is None else frozenset(learners)
-        if self.learners is not None and not self.learners:
+        followed = None if learners is None else frozenset(learners)
+        if followed is not None and not followed:
             raise ValueError("follow at least one learner, or None for every published one")
-        self.store = store
-        self.snapshot_key = snapshot_key
-        self.log = log
-        self.source = source
         self.config = config or ServingConfig()
         self.topics = topics or Topics(kafka.topic_prefix)
         self.metrics = metrics or predictor_metrics()
-        self.refused: dict[str, str] = {}  # learner -> the last version refused
-        self._producer = producer
-        self._own_producer = producer is None
-        self._served: dict[str, Served] = {}
-        self._ready: dict[str, asyncio.Event] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._log_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.store = store
+        self.own_store = own_store
+        self.log = log
+        self.live = LiveModels(
+            kafka, followed, store=store, snapshot_key=snapshot_key, config=self.config, topics=self.topics,
+            metrics=self.metrics,
+        )  # fmt: skip
+        self._live = self.live
+        self._served = self.live.served  # the hot path reads this dict directly
+        self._log = PredictionLog(
+            kafka, source=source, capacity=self.config.log_buffer, topics=self.topics, metrics=self.metrics,
+            producer=producer,
+        ) if log else None  # fmt: skip
+        self._enqueue: Callable[[LogEntry], None] = self._log.enqueue if self._log is not None else _not_logging
         # Unique without a uuid4 per call (which costs half of River's own predict on a small model):
         # 122 random bits per predictor, then a counter.
         self._id_prefix = uuid.uuid4().hex + "-"
         self._ids = itertools.count(1)
-        self._queue: collections.deque[_LogEntry] = collections.deque()
-        self._log_wake = asyncio.Event()
-        self._wake_pending = False
+
+    @property
+    def learners(self) -> frozenset[str] | None:
+        return self.live.learners
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """The last version refused per learner (bad signature, or not the learner/version it claimed)."""
+        return self.live.refused
 
     # -- serving (any thread) ---------------------------------------------------
 
@@ -172,7 +129,7 @@ class OnlinePredictor:
         """The version of ``learner`` being served; ``ModelNotReady`` / ``LearnerNotFollowed`` otherwise."""
         served = self._served.get(learner)
         if served is None:
-            raise self._missing(learner)
+            raise self._live.missing(learner)
         return served
 
     def predict(
@@ -186,7 +143,7 @@ class OnlinePredictor:
         """Predict with the served version of ``learner``; logs a ``PredictionEvent`` unless ``log`` is false."""
         served = self._served.get(learner)  # one read: a swap during the call does not change this version
         if served is None:
-            raise self._missing(learner)
+            raise self._live.missing(learner)
         return self._predict(served, features, text, self.log if log is None else self._logged(log))
 
     def predict_many(
@@ -241,60 +198,30 @@ class OnlinePredictor:
             self._enqueue((prediction, None if features is None else dict(features), text))
         return prediction
 
-    def _missing(self, learner: str) -> ModelNotReady:
-        if self.learners is not None and learner not in self.learners:
-            following = ", ".join(sorted(self.learners))
-            return LearnerNotFollowed(f"learner {learner!r} is not followed by this predictor (following: {following})")
-        return ModelNotReady(f"no version of learner {learner!r} is published yet (or none was loaded)")
-
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load what is published, then follow announcements; with ``log``, start the producer too."""
-        self._loop = asyncio.get_running_loop()
-        consumer = AIOKafkaConsumer(
-            client_id=f"{self.kafka.client_id}-predictor", enable_auto_commit=False, **self.kafka.client_kwargs()
-        )
+        """Load what is published, then follow announcements; with ``log``, start logging first."""
         try:
-            if self.log and self._producer is None:
-                self._producer = EventProducer(self.kafka, topics=self.topics)
-                await self._producer.start()
-            await consumer.start()
-            with contextlib.suppress(StoreUnavailable):  # logged; the follow loop retries
-                await self._resync()
+            if self._log is not None:
+                await self._log.start()
+            await self.live.start()
         except BaseException:
-            await consumer.stop()
-            await self._stop_producer()
+            await self._close()
             raise
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer), name="learnloop-predictor")
-        self._task.add_done_callback(_report_crash)
-        if self.log:
-            self._log_task = asyncio.create_task(self._drain_logs(), name="learnloop-predictor-log")
-            self._log_task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         """Stop following, send the predictions still waiting to be logged, close the clients."""
-        if self._task is not None:
-            self._task.cancel()  # a load in progress finishes in its thread and is dropped
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged when it happened
-                await self._task
-            self._task = None
-        if self._log_task is not None:
-            self._log_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._log_task
-            self._log_task = None
-            await self._send_logged()
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        await self._stop_producer()
+        await self.live.stop()
+        await self._close()
 
-    async def _stop_producer(self) -> None:
-        if self._own_producer and self._producer is not None:
-            producer, self._producer = self._producer, None
-            await producer.stop()
+    async def _close(self) -> None:
+        try:
+            if self._log is not None:
+                await self._log.stop()
+        finally:
+            if self.own_store:
+                await self.store.close()
 
     async def __aenter__(self) -> OnlinePredictor:
         await self.start()
@@ -305,222 +232,16 @@ class OnlinePredictor:
 
     async def wait_ready(self, learner: str, timeout: float = 60.0) -> Served:
         """Wait until a version of ``learner`` is served; ``ModelNotReady`` after ``timeout`` seconds."""
-        if self.learners is not None and learner not in self.learners:
-            raise self._missing(learner)
-        ready = self._ready.setdefault(learner, asyncio.Event())
-        if learner in self._served:
-            return self._served[learner]
-        waiter = asyncio.ensure_future(ready.wait())
-        watched: set[asyncio.Future[Any]] = {waiter} | ({self._task} if self._task is not None else set())
-        try:
-            await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        task = self._task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
-            raise ModelNotReady(f"the predictor stopped following: {task.exception()!r}")
-        served = self._served.get(learner)
-        if served is None:
-            raise ModelNotReady(f"no version of learner {learner!r} was published within {timeout:g}s")
-        return served
+        return await self.live.wait_ready(learner, timeout)
 
     async def flush(self) -> None:
         """Send every prediction logged so far and wait for the broker to acknowledge them."""
-        await self._send_logged()
-        if self._producer is not None:
-            await self._producer.flush()
-
-    # -- following versions -------------------------------------------------------
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        tps = await self._partitions(consumer)
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)  # history is in the store; only what comes next is needed
-        next_resync = 0.0  # at once: what was published before the seek is not announced again
-        while True:
-            if time.monotonic() >= next_resync:
-                try:
-                    await self._resync()
-                except StoreUnavailable as exc:
-                    log.warning("model store unreachable, serving stays as it is: %s", exc)
-                next_resync = time.monotonic() + self.config.resync_every_s
-            newest = self._announced(await self._poll(consumer))
-            for learner, version in newest.items():
-                try:
-                    await self._load(learner, version)
-                except StoreUnavailable as exc:
-                    log.warning("model store unreachable, %s stays at %s: %s", learner, self._version(learner), exc)
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        topic = self.topics.model_updates
-        while True:  # nothing announced yet: the topic may not exist
-            parts = consumer.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            with contextlib.suppress(KafkaError):
-                await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.5)
-
-    async def _poll(self, consumer: AIOKafkaConsumer) -> list[Any]:
-        try:
-            batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=10_000)
-        except KafkaError as error:  # the client reconnects by itself; keep serving meanwhile
-            log.warning("model-update poll failed, retrying: %r", error)
-            await asyncio.sleep(1.0)
-            return []
-        return [rec for recs in batch.values() for rec in recs]
-
-    def _announced(self, records: Sequence[Any]) -> dict[str, int]:
-        """The newest announced online-snapshot version per followed learner; older ones are never loaded."""
-        newest: dict[str, int] = {}
-        for rec in records:
-            try:
-                update = parse_event(rec.value or b"", ModelUpdate)
-            except InvalidEvent as error:
-                log.warning("skipping model-update record %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, error)
-                continue
-            assert isinstance(update, ModelUpdate)
-            if update.kind != ONLINE_SNAPSHOT or not self._follows(update.model) or not update.version.isdigit():
-                continue
-            newest[update.model] = max(newest.get(update.model, -1), int(update.version))
-        return newest
-
-    async def _resync(self) -> None:
-        """Load the store's latest version of every followed learner that is newer than the served one."""
-        latest = await self.store.latest_versions(None if self.learners is None else sorted(self.learners))
-        for learner, version in latest.items():
-            if self._follows(learner):
-                await self._load(learner, version)
-
-    async def _load(self, learner: str, version: int) -> None:
-        current = self._served.get(learner)
-        if (current is not None and current.n_learned >= version) or self.refused.get(learner) == str(version):
-            return
-        blob = await self.store.fetch(learner, version)
-        if blob is None:  # superseded and expired since it was announced: take the latest instead
-            found = await self.store.fetch_latest(learner)
-            if found is None or (current is not None and current.n_learned >= found[0]):
-                self.metrics.model_loads.labels(learner, "missing").inc()
-                return
-            version, blob = found
-        try:
-            served = await asyncio.to_thread(self._verify, learner, version, blob)
-        except SnapshotSignatureError as exc:
-            self._refuse(learner, version, "refused_signature", exc)
-            return
-        except (SnapshotError, TypeError) as exc:
-            self._refuse(learner, version, "refused_invalid", exc)
-            return
-        current = self._served.get(learner)
-        if current is None or served.n_learned > current.n_learned:  # another load may have won meanwhile
-            self._swap(served)
-
-    def _verify(self, learner: str, version: int, blob: bytes) -> Served:
-        state, meta = load_snapshot(blob, key=self.snapshot_key)  # the HMAC is checked before unpickling
-        if not isinstance(state, OnlineLearner):
-            raise TypeError(f"the blob holds {type(state).__name__}, not an OnlineLearner")
-        # Signed by us, but it must be the one asked for: a valid blob copied under another
-        # learner's or version's key is refused too.
-        named = (meta.extra.get("learner"), meta.extra.get("version"))
-        if named != (learner, version) or state.name != learner:
-            raise SnapshotError(f"the blob is {named[0]!r} version {named[1]!r}, fetched as {learner!r} {version}")
-        metrics = meta.extra.get("metrics", {})
-        return Served(learner, str(version), state, state.spec.task, dict(metrics), meta.created_at)
-
-    def _refuse(self, learner: str, version: int, outcome: str, exc: Exception) -> None:
-        self.refused[learner] = str(version)
-        self.metrics.model_loads.labels(learner, outcome).inc()
-        log.error("%s version %d refused (%s); serving stays at %s", learner, version, exc, self._version(learner))
-
-    def _swap(self, served: Served) -> None:
-        previous = self._served.get(served.learner)
-        self._served[served.learner] = served  # the one reference readers see: a whole model or the old one
-        self._ready.setdefault(served.learner, asyncio.Event()).set()
-        self.metrics.model_loads.labels(served.learner, "loaded").inc()
-        self.metrics.served_version.labels(served.learner).set(served.n_learned)
-        was = previous.version if previous is not None else None
-        log.info("%s: serving version %s, was %s", served.learner, served.version, was)
-
-    def _follows(self, learner: str) -> bool:
-        return self.learners is None or learner in self.learners
-
-    def _version(self, learner: str) -> str | None:
-        served = self._served.get(learner)
-        return served.version if served is not None else None
-
-    # -- logging predictions --------------------------------------------------------
-
-    def _enqueue(self, entry: _LogEntry) -> None:
-        if len(self._queue) >= self.config.log_buffer:
-            self.metrics.prediction_logs_dropped.labels("buffer_full").inc()
-            return
-        self._queue.append(entry)
-        if not self._wake_pending and self._loop is not None:
-            # Once per drain, not per call; the drainer clears the flag before it empties the queue.
-            self._wake_pending = True
-            self._loop.call_soon_threadsafe(self._log_wake.set)
-
-    async def _drain_logs(self) -> None:
-        while True:
-            await self._log_wake.wait()
-            self._log_wake.clear()
-            self._wake_pending = False
-            await self._send_logged()
-
-    async def _send_logged(self) -> None:
-        if self._producer is None:
-            return
-        counts: collections.Counter[str] = collections.Counter()
-        invalid = 0
-        while self._queue:
-            prediction, features, text = self._queue.popleft()
-            try:
-                event = _prediction_event(prediction, features, text, self.source)
-            except ValidationError as exc:
-                invalid += 1
-                if invalid == 1:
-                    log.warning("prediction %s not logged: %s", prediction.prediction_id, _first_error(exc))
-                continue
-            try:
-                await self._producer.send(event)
-            except KafkaError as exc:
-                self.metrics.prediction_logs_dropped.labels("send_failed").inc()
-                log.error("prediction %s not logged: %r", prediction.prediction_id, exc)
-                continue
-            counts[prediction.learner] += 1
-        if invalid:
-            self.metrics.prediction_logs_dropped.labels("invalid").inc(invalid)
-        for learner, n in counts.items():
-            self.metrics.predictions_logged.labels(learner).inc(n)
+        if self._log is not None:
+            await self._log.flush()
 
 
-def _prediction_event(
-    prediction: Prediction, features: dict[str, FeatureValue] | None, text: str | None, source: str
-) -> PredictionEvent:
-    probability = None
-    if prediction.probabilities is not None and prediction.label is not None:
-        probability = float(prediction.probabilities.get(prediction.label, 0.0))
-    return PredictionEvent(
-        source=source,
-        prediction_id=prediction.prediction_id,
-        learner=prediction.learner,
-        features=features,
-        text=text,
-        prediction=prediction.prediction,
-        probability=probability,
-        model_version=prediction.model_version,
-    )
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("predictor task %s stopped; the loaded versions keep serving", task.get_name(),
-                  exc_info=task.exception())  # fmt: skip
+def _not_logging(entry: LogEntry) -> None:
+    raise RuntimeError("this predictor was built with log=False")
 
 
 class SyncOnlinePredictor(BlockingClient[OnlinePredictor]):
@@ -543,10 +264,11 @@ class SyncOnlinePredictor(BlockingClient[OnlinePredictor]):
         config: ServingConfig | None = None,
         topics: Topics | None = None,
         metrics: PredictorMetrics | None = None,
+        own_store: bool = False,
     ) -> None:
         predictor = OnlinePredictor(
             kafka, learners, store=store, snapshot_key=snapshot_key, log=log, source=source, config=config,
-            topics=topics, metrics=metrics,
+            topics=topics, metrics=metrics, own_store=own_store,
         )  # fmt: skip
         super().__init__(predictor, "learnloop-predictor")
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import FeedbackEvent, ModelUpdate, parse_event
+from learners.labels import Target
+from learners.snapshot import dump_snapshot, load_snapshot
+from schemas import DeadLetter, FeedbackEvent, ModelUpdate, parse_event
 from streams.admin import ensure_topics
+from streams.config import ServingConfig
 from streams.metrics import PredictorMetrics
 from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, SyncOnlinePredictor
 from streams.producer import EventProducer
@@ -18,6 +22,7 @@ from streams.topics import Topics
 from tests.conftest import worker_env
 from tests.integration.util import read_topic, start_worker, stop_worker, wait_for
 from workers.feedback.redis_store import RedisStore
+from workers.serving import sync_online_predictor
 from workers.serving.model_store import RedisModelStore
 from workers.settings import Settings
 
@@ -58,22 +63,31 @@ async def models(settings: Settings) -> AsyncIterator[RedisModelStore]:
     await s.close()
 
 
-@pytest.fixture
-async def worker(settings: Settings, tmp_path: Path) -> AsyncIterator[Path]:
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, log: Path, **env: str) -> AsyncIterator[None]:
+    """A feedback worker process that publishes every 0.2 s, with extra ``LEARNLOOP_*`` settings."""
     settings.learners_file.write_text(LEARNERS)
     await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
-    log = tmp_path / "worker.log"
-    proc = start_worker({**worker_env(settings), "LEARNLOOP_SERVING__PUBLISH_EVERY_S": "0.2"}, log)
+    extra = {f"LEARNLOOP_{k.upper()}": v for k, v in env.items()}
+    proc = start_worker({**worker_env(settings), "LEARNLOOP_SERVING__PUBLISH_EVERY_S": "0.2", **extra}, log)
     try:
-        yield log
+        yield
     finally:
         assert stop_worker(proc) == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture
+async def worker(settings: Settings, tmp_path: Path) -> AsyncIterator[Path]:
+    log = tmp_path / "worker.log"
+    async with running_worker(settings, log):
+        yield log
 
 
 def predictor(settings: Settings, models: RedisModelStore, *, log: bool = True) -> OnlinePredictor:
     return OnlinePredictor(
         settings.kafka, ["sea"], store=models, snapshot_key=settings.snapshot.key.get_secret_value().encode(),
         log=log, source="test-app", metrics=PredictorMetrics(CollectorRegistry()),
+        config=ServingConfig(resync_every_s=0.5),
     )  # fmt: skip
 
 
@@ -126,3 +140,90 @@ async def _serves(p: OnlinePredictor | SyncOnlinePredictor, version: int) -> boo
         return int(p.get("sea").version) >= version
     except ModelNotReady:
         return False
+
+
+async def test_predict_then_feedback_by_prediction_id_learns_exactly_the_served_features(
+    settings: Settings, store: RedisStore, worker: Path
+) -> None:
+    """The two-call loop through the blocking SDK: the next version equals the served one plus that one event."""
+    await produce(settings, labelled(1000))
+    await wait_for(lambda: _at(store, 1000), timeout=120, what="the concept learned")
+    with sync_online_predictor(settings, ["sea"]) as p:
+        await wait_for(lambda: _serves(p, 1000), timeout=60, what="version 1000 served")
+        served = p.get("sea")
+        prediction = p.predict("sea", {"x": 9.0})
+        p.flush()
+        assert prediction.label is True
+        await produce(settings, [FeedbackEvent(learner="sea", prediction_id=prediction.prediction_id, label=False,
+                                               source="test")])  # fmt: skip
+        await wait_for(lambda: _serves(p, 1001), timeout=60, what="version 1001 served")
+        after = p.get("sea")
+    assert after.n_learned == 1001 == await n_learned(store)
+    reference = served.learner_obj  # version 1000, no longer served: learn the served event by hand
+    reference.learn_one({"x": 9.0}, Target(y=False, weight=1.0))
+    for x in range(10):
+        probe = {"x": float(x)}
+        assert after.learner_obj.predict_proba_one(probe) == pytest.approx(reference.predict_proba_one(probe))
+
+
+async def test_a_prediction_never_labelled_expires_under_the_join_ttl(
+    settings: Settings, store: RedisStore, models: RedisModelStore, tmp_path: Path
+) -> None:
+    async with running_worker(settings, tmp_path / "worker.log", feedback__join_ttl_s="2",
+                              feedback__orphan_wait_s="1"):  # fmt: skip
+        await produce(settings, labelled(200))
+        async with predictor(settings, models) as p:
+            await p.wait_ready("sea", timeout=60)
+            prediction = p.predict("sea", {"x": 9.0})
+            await p.flush()
+        key = f"{settings.redis.key_prefix}pred:{prediction.prediction_id}"
+        await wait_for(lambda: _exists(store, key), timeout=60, what="the prediction stored for the join")
+        await wait_for(lambda: _gone(store, key), timeout=30, what="the prediction expired")
+        learned = await n_learned(store)
+        await produce(settings, [FeedbackEvent(learner="sea", prediction_id=prediction.prediction_id, label=False,
+                                               source="test")])  # fmt: skip
+        topic = Topics(settings.kafka.topic_prefix).deadletter
+        [record] = await read_topic(settings.kafka, topic, expect=1, timeout=60)
+    dead = parse_event(record.value, DeadLetter)
+    assert isinstance(dead, DeadLetter) and dead.reason == "orphaned"
+    assert await n_learned(store) == learned
+
+
+async def test_a_tampered_publication_is_refused_and_the_old_version_keeps_serving(
+    settings: Settings, store: RedisStore, models: RedisModelStore, worker: Path
+) -> None:
+    key = settings.snapshot.key.get_secret_value().encode()
+    await produce(settings, labelled(1000))
+    await wait_for(lambda: _at(store, 1000), timeout=120, what="the concept learned")
+    async with predictor(settings, models, log=False) as p:
+        await wait_for(lambda: _serves(p, 1000), timeout=60, what="version 1000 served")
+        found = await models.fetch_latest("sea")
+        assert found is not None and found[0] == 1000
+        state, meta = load_snapshot(found[1], key=key)
+        forged = dump_snapshot(state, key=key, n_seen=1001, offsets={}, extra={**meta.extra, "version": 1001})
+        forged = forged[:-40] + bytes([forged[-40] ^ 0x01]) + forged[-39:]  # a changed model: the HMAC no longer fits
+        assert await models.publish("sea", 1001, forged) == 1001
+        async with EventProducer(settings.kafka) as producer:
+            await producer.send(ModelUpdate(source="attacker", model="sea", version="1001", kind="online-snapshot",
+                                            uri=models.uri("sea", 1001), alias="online"))  # fmt: skip
+        await wait_for(lambda: _refused(p, "1001"), timeout=30, what="the forged version refused")
+        assert p.get("sea").version == "1000" and p.predict("sea", {"x": 9.0}).label is True
+        refused = p.metrics.registry.get_sample_value(
+            "learnloop_model_loads_total", {"learner": "sea", "outcome": "refused_signature"}
+        )
+        assert refused == 1.0
+        await produce(settings, labelled(5, start=1000))  # the worker's next version is above the forged one
+        await wait_for(lambda: _serves(p, 1005), timeout=60, what="the next genuine version served")
+
+
+async def _exists(store: RedisStore, key: str) -> bool:
+    return bool(await store.r.exists(key))
+
+
+async def _gone(store: RedisStore, key: str) -> bool:
+    return not await store.r.exists(key)
+
+
+async def _refused(p: OnlinePredictor, version: str) -> bool:
+    await asyncio.sleep(0)
+    return p.refused.get("sea") == version

@@ -17,7 +17,8 @@ from schemas.errors import StoreUnavailable
 from streams.config import KafkaConfig, ServingConfig
 from streams.feedback import LearnerSlot, PartitionState
 from streams.metrics import FeedbackMetrics, PredictorMetrics
-from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, _prediction_event
+from streams.prediction_log import _prediction_event
+from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor
 from streams.publisher import ModelPublisher
 
 KEY = b"unit-test-snapshot-key-0123"
@@ -52,6 +53,9 @@ class MemoryModelStore:
 
     def uri(self, learner: str, version: int) -> str:
         return f"memory:{learner}:{version}"
+
+    async def close(self) -> None:
+        return None
 
 
 class Clock:
@@ -198,7 +202,7 @@ async def test_the_predictor_serves_the_latest_published_version_at_start() -> N
     store = MemoryModelStore()
     await store.publish("sea", 50, blob(trained("sea", 50)))
     p = predictor(store, ["sea"])
-    await p._resync()
+    await p.live.resync()
     served = p.get("sea")
     assert (served.version, served.n_learned, served.classifier) == ("50", 50, True)
     prediction = p.predict("sea", {"x": 9.0})
@@ -211,27 +215,27 @@ async def test_a_tampered_or_misnamed_blob_is_refused_and_the_old_version_keeps_
     store = MemoryModelStore()
     await store.publish("sea", 50, blob(trained("sea", 50)))
     p = predictor(store, ["sea"])
-    await p._resync()
+    await p.live.resync()
     good = blob(trained("sea", 60))
     store.blobs[("sea", 60)] = good[:-40] + bytes([good[-40] ^ 1]) + good[-39:]  # one bit flipped
     store.latest["sea"] = 60
-    await p._resync()
+    await p.live.resync()
     assert p.get("sea").version == "50" and p.refused == {"sea": "60"}
     # validly signed, but another learner's model copied under this learner's key
     store.blobs[("sea", 70)] = blob(trained("ctr", 70))
-    await p._load("sea", 70)
+    await p.live.load("sea", 70)
     # validly signed, but an older version copied under a newer number
     store.blobs[("sea", 80)] = blob(trained("sea", 50))
-    await p._load("sea", 80)
+    await p.live.load("sea", 80)
     # signed with another key
     store.blobs[("sea", 90)] = blob(trained("sea", 90), key=b"another-key-of-16-bytes")
-    await p._load("sea", 90)
+    await p.live.load("sea", 90)
     assert p.get("sea").version == "50"
     loads = p.metrics.registry.get_sample_value
     assert loads("learnloop_model_loads_total", {"learner": "sea", "outcome": "refused_signature"}) == 2.0
     assert loads("learnloop_model_loads_total", {"learner": "sea", "outcome": "refused_invalid"}) == 2.0
     await store.publish("sea", 100, blob(trained("sea", 100)))
-    await p._resync()
+    await p.live.resync()
     assert p.get("sea").version == "100"
 
 
@@ -240,8 +244,8 @@ async def test_an_older_version_never_replaces_a_newer_one() -> None:
     await store.publish("sea", 50, blob(trained("sea", 50)))
     store.blobs[("sea", 40)] = blob(trained("sea", 40))
     p = predictor(store, ["sea"])
-    await p._resync()
-    await p._load("sea", 40)
+    await p.live.resync()
+    await p.live.load("sea", 40)
     assert p.get("sea").version == "50"
 
 
@@ -260,7 +264,7 @@ async def test_regression_serves_a_value_and_ids_are_unique() -> None:
     store = MemoryModelStore()
     await store.publish("price", 200, blob(trained("price", 200, task="regression")))
     p = predictor(store, None)
-    await p._resync()
+    await p.live.resync()
     predictions = p.predict_many("price", [({"x": 3.0}, None), ({"x": 3.0}, "a note")])
     assert all(pr.label is None and pr.probabilities is None for pr in predictions)
     assert predictions[0].value == pytest.approx(predictions[1].value) and predictions[0].value is not None
@@ -297,7 +301,7 @@ async def test_the_predictor_predicts_what_the_learner_predicts_for_every_model(
     store = MemoryModelStore()
     await store.publish("m", learner.n_seen, blob(learner))
     p = predictor(store, ["m"])
-    await p._resync()
+    await p.live.resync()
     for i in range(20):
         x = {"x": float(i % 10), "y": float(i % 3)}
         prediction = p.predict("m", x)

@@ -14,7 +14,8 @@ __all__ = ["RedisModelStore", "online_predictor", "sync_online_predictor"]
 def online_predictor(settings: Settings, learners: Iterable[str] | None = None, *, log: bool = True) -> OnlinePredictor:
     """An :class:`OnlinePredictor` wired from settings (broker, Redis, snapshot key, serving section).
 
-    ``learners=None`` follows every published learner. Start it with ``async with``.
+    ``learners=None`` follows every published learner. Start it with ``async with``; it closes its
+    Redis connections when it stops.
     """
     return OnlinePredictor(
         settings.kafka,
@@ -24,6 +25,7 @@ def online_predictor(settings: Settings, learners: Iterable[str] | None = None, 
         log=log,
         source=settings.source,
         config=settings.serving,
+        own_store=True,
     )
 
 
@@ -39,4 +41,5 @@ def sync_online_predictor(
         log=log,
         source=settings.source,
         config=settings.serving,
+        own_store=True,
     )
