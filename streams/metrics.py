@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from schemas import DriftEvent
+from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
     from streams.feedback import BatchResult, LearnerSlot
@@ -343,10 +344,11 @@ def predictor_metrics() -> PredictorMetrics:
 
 
 def serve_metrics(host: str, port: int | None, registry: CollectorRegistry = REGISTRY) -> bool:
-    """Serve ``/metrics`` on ``host:port`` from a daemon thread; ``False`` when off (0/None) or the port is taken.
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread; ``False`` when off (0/None).
 
-    A taken port is logged, not fatal: metrics are for watching the worker, and a second
-    worker on one host should not die of the first one's default port.
+    A port that cannot be bound stops the worker at start-up (:class:`ConfigError`): a worker that
+    runs unwatched after one log line is worse than one that does not start. ``learnloop dev``
+    gives each of its workers a free port, so stacks side by side never meet this.
     """
     if not port:
         log.info("metrics endpoint off (no port configured)")
@@ -354,7 +356,9 @@ def serve_metrics(host: str, port: int | None, registry: CollectorRegistry = REG
     try:
         start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        log.error("metrics: cannot listen on %s:%d (%s); this worker runs without /metrics", host, port, exc)
-        return False
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): another process has that port; "
+            "set LEARNLOOP_METRICS__PORT to a free port, or to 0 to serve no metrics"
+        ) from None
     log.info("metrics on http://%s:%d/metrics", host, port)
     return True

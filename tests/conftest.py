@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from streams.config import KafkaConfig
+from tests import processes
 from workers.settings import Settings, load_settings
 from workers.stack.embedded import EmbeddedBroker, EmbeddedRedis
 
@@ -28,6 +29,25 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test() -> Iterator[None]:
+    """Kill, and report, any child process a test left running (even when the test failed).
+
+    Session fixtures (the broker, Redis) start before this and are not counted.
+    """
+    if not processes.has_proc():
+        yield
+        return
+    before = processes.children(os.getpid())
+    yield
+    leaked = processes.children(os.getpid()) - before
+    if leaked:
+        what = processes.describe(leaked)
+        processes.kill(leaked)
+        processes.wait_gone(leaked, 10)
+        pytest.fail(f"the test left processes running (now killed): {what}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

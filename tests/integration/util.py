@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.config import KafkaConfig
 from workers.settings import Settings
+from workers.stack.processes import spawn, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,22 +59,13 @@ async def wait_for(
 
 
 def start_worker(env: dict[str, str], log: Path, kind: str = "feedback") -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "worker", kind], cwd=ROOT, env=env, stdout=out, stderr=out
-    )
-    out.close()
-    return proc
+    """A `learnloop worker` in a session of its own, output to ``log``; it dies if the test process does."""
+    return spawn([sys.executable, "-m", "workers.cli", "worker", kind], log_path=log, env=env, cwd=ROOT)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """SIGTERM, wait up to ``timeout``, then SIGKILL whatever is left of its process group."""
+    terminate([proc], timeout)
     return proc.returncode
 
 

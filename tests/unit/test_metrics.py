@@ -18,7 +18,7 @@ from learners.config import LearnersConfig
 from learners.finetune import TrainingCancelled
 from learners.knowledge.model import Entity, Extraction, GraphBatch, Relation
 from schemas import ConversationEvent, ModelUpdate
-from schemas.errors import BackPressureError
+from schemas.errors import BackPressureError, ConfigError
 from streams.conversations import ConversationProcessor, ConversationStats
 from streams.feedback import BatchResult, PartitionState
 from streams.metrics import (
@@ -316,14 +316,13 @@ def test_serve_metrics_serves_the_registry_and_is_off_without_a_port(metrics: Fe
         assert 'learnloop_events_in_total{topic="t"} 3.0' in resp.read().decode()
 
 
-def test_a_taken_port_is_logged_and_the_worker_runs_on(
-    metrics: FeedbackMetrics, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_taken_port_stops_the_worker_with_one_line_naming_the_setting(metrics: FeedbackMetrics) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        assert not serve_metrics("127.0.0.1", s.getsockname()[1], metrics.registry)
-    assert "runs without /metrics" in caplog.text
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port} .*LEARNLOOP_METRICS__PORT"):
+            serve_metrics("127.0.0.1", port, metrics.registry)
 
 
 def test_each_worker_has_its_own_default_port_and_one_setting_overrides_or_disables(

@@ -86,14 +86,35 @@ def jobs(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("job", "model", "status", "reason", "created", "version", "detail")
+    table = Table("job", "model", "status", "reason", "created", "progress", "version", "detail")
     for r in rows:
         result: dict[str, Any] = r.get("result") or {}
-        detail = r.get("error") or result.get("reason") or (r.get("progress") or {}).get("stage") or ""
+        detail = r.get("error") or result.get("reason") or ""
         version = f"{result['version']} ({result.get('alias')})" if result.get("version") else "-"
-        table.add_row(r["id"][:8], r["model"], r["status"], r["reason"], str(r["created_at"])[:19], version,
-                      str(detail)[:60])
+        progress = progress_cell(r.get("progress")) if r["status"] == "running" else ""
+        table.add_row(r["id"][:8], r["model"], r["status"], r["reason"], str(r["created_at"])[:19], progress,
+                      version, str(detail)[:60])
     Console().print(table)
+
+
+def progress_cell(progress: dict[str, Any] | None, width: int = 10) -> str:
+    """A running job's stage and, while it trains, a bar of its optimizer steps.
+
+    >>> progress_cell({"stage": "train", "epoch": 1, "step": 30, "total_steps": 120})
+    'train ██▌░░░░░░░  25% 30/120'
+    >>> progress_cell({"stage": "evaluate"})
+    'evaluate'
+    """
+    if not progress:
+        return "starting"
+    stage = str(progress.get("stage") or "")
+    step, total = progress.get("step"), progress.get("total_steps")
+    if not isinstance(step, int) or not isinstance(total, int) or total <= 0:
+        return stage
+    done = min(max(step / total, 0.0), 1.0)
+    halves = round(done * width * 2)
+    bar = ("█" * (halves // 2) + ("▌" if halves % 2 else "")).ljust(width, "░")
+    return f"{stage} {bar} {done:4.0%} {step}/{total}"
 
 
 def models(

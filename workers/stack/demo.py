@@ -15,7 +15,8 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -95,20 +96,44 @@ def demo_events(
             yield b'{"schema": "feedback/1", "learner": "sea-linear", "label": "maybe"}'  # a bad event
 
 
+RATE_WINDOW_S = 5.0
+
+
 @dataclass
 class DemoView:
-    produced: int = 0
-    produced_feedback: int = 0  # records sent to the feedback topic (valid or not)
-    produced_turns: int = 0
+    sent_feedback: int = 0  # valid feedback events, to the feedback topic
+    sent_predictions: int = 0
+    sent_turns: int = 0
+    sent_invalid: int = 0  # malformed on purpose, to the feedback topic: they end in the dead-letter topic
     started: float = field(default_factory=time.monotonic)
+    sending_s: float | None = None  # how long producing took, once it is over
     learners: list[dict[str, Any]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
     drifts: list[dict[str, Any]] = field(default_factory=list)
-    rates: list[tuple[float, int]] = field(default_factory=list)
+    samples: deque[tuple[float, int]] = field(default_factory=deque)  # (when, learned) over the rate window
     turns: int = 0
     entities: set[str] = field(default_factory=set)
     relations: set[tuple[str, str, str]] = field(default_factory=set)
     validated: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @property
+    def produced(self) -> int:
+        return self.sent_feedback + self.sent_predictions + self.sent_turns + self.sent_invalid
+
+    @property
+    def produced_feedback(self) -> int:
+        """Records sent to the feedback topic, valid or not: what its consumers must get through."""
+        return self.sent_feedback + self.sent_invalid
+
+    def count_sent(self, item: Envelope | bytes) -> None:
+        if isinstance(item, bytes):
+            self.sent_invalid += 1
+        elif isinstance(item, PredictionEvent):
+            self.sent_predictions += 1
+        elif isinstance(item, ConversationEvent):
+            self.sent_turns += 1
+        else:
+            self.sent_feedback += 1
 
     @property
     def learned(self) -> int:
@@ -126,25 +151,51 @@ class DemoView:
     def lag(self) -> int:
         return sum(p["lag"] or 0 for p in self.progress)
 
+    def sample(self, now: float | None = None) -> None:
+        """Remember how many events are learned now; the rate is taken over the last few seconds of these."""
+        now = time.monotonic() if now is None else now
+        self.samples.append((now, self.learned))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - RATE_WINDOW_S:
+            self.samples.popleft()
+
     def learned_per_s(self) -> float:
-        self.rates.append((time.monotonic(), self.learned))
-        self.rates = self.rates[-6:]
-        (t0, n0), (t1, n1) = self.rates[0], self.rates[-1]
+        """Events learned per second over the last :data:`RATE_WINDOW_S` seconds (0 once learning stops)."""
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
+    def last_drift_at(self, learner: str, status: dict[str, Any]) -> int | None:
+        """A learner's newest drift, as an event count: from the drift events, which arrive as they happen.
+
+        The learner's status is written with its snapshot, up to a snapshot interval later, so
+        right after an alarm it still names the one before; the newer of the two is the answer.
+        """
+        seen = [int(ev["n_seen"]) for ev in self.drifts if ev.get("learner") == learner]
+        from_status = (status.get("last_drift") or {}).get("n_seen")
+        if from_status is not None:
+            seen.append(int(from_status))
+        return max(seen) if seen else None
+
     def render(self) -> Group:
-        elapsed = time.monotonic() - self.started
-        head = (
-            f"produced {self.produced:,} events in {elapsed:.0f}s · learned {self.learned:,} "
-            f"({self.learned_per_s():,.0f}/s) · dead-lettered {self.deadlettered} · lag {self.lag:,}"
+        took = self.sending_s if self.sending_s is not None else time.monotonic() - self.started
+        sent = (
+            f"sent {self.produced:,} events in {took:.0f}s: {self.sent_feedback:,} feedback, "
+            f"{self.sent_predictions:,} predictions (joined to label-only feedback), "
+            f"{self.sent_turns:,} conversation turns, {self.sent_invalid} malformed on purpose"
         )
-        t = Table("learner", "model", "learned", "accuracy", "rolling", "drifts", "last drift")
+        head = (
+            f"{sent}\nlearned {self.learned:,} ({self.learned_per_s():,.0f}/s over the last {RATE_WINDOW_S:.0f}s) · "
+            f"dead-lettered {self.deadlettered} · lag {self.lag:,}"
+        )
+        t = Table("learner", "model", "learned", "accuracy", "rolling", "drifts", "last drift at event")
         for r in self.learners:
             m = r.get("metrics", {})
+            at = self.last_drift_at(r["name"], r)
             t.add_row(
                 r["name"], r.get("model", ""), f"{r.get('n_learned', 0):,}",
                 f"{m.get('accuracy', 0):.4f}", f"{m.get('rolling_accuracy', 0):.4f}",
-                str(r.get("drifts", 0)), str((r.get("last_drift") or {}).get("n_seen", "-")),
+                str(r.get("drifts", 0)), f"{at:,}" if at is not None else "-",
             )
         d = Table("drift alarm", "learner", "at event", "error before", "error after")
         for ev in self.drifts[:6]:
@@ -175,6 +226,7 @@ async def refresh(view: DemoView, store: RedisStore, knowledge: AIOKafkaConsumer
     view.learners = await store.learner_statuses()
     view.progress = await store.progress()
     view.drifts = await store.recent_drifts()
+    view.sample()
     for records in (await knowledge.getmany(timeout_ms=0)).values():
         for r in records:
             ev = parse_event(r.value or b"", KnowledgeUpdate)
@@ -182,8 +234,14 @@ async def refresh(view: DemoView, store: RedisStore, knowledge: AIOKafkaConsumer
             view.add_knowledge(ev)
 
 
-async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: float, live: bool) -> DemoView:
-    """Replay the stream at ``rate`` events/s (0 = as fast as possible) and show progress until learned."""
+async def run_demo(
+    settings: Settings, *, events: int, switch_at: int, rate: float, live: bool,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> DemoView:
+    """Replay the stream at ``rate`` events/s (0 = as fast as possible) and show progress until learned.
+
+    ``should_stop`` is polled between events and while waiting: a stop signal ends the replay early.
+    """
     store = RedisStore.from_config(settings.redis)
     view = DemoView()
     console = Console()
@@ -200,13 +258,13 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
             async with EventProducer(settings.kafka, acks=1) as producer:
                 last = time.monotonic()
                 for item in demo_events(events, switch_at=switch_at):
+                    if should_stop():
+                        break
                     if isinstance(item, bytes):
                         await producer.send_raw(producer.topics.feedback, item, key=b"sea-linear")
                     else:
                         await producer.send(item)
-                    view.produced += 1
-                    view.produced_feedback += not isinstance(item, PredictionEvent | ConversationEvent)
-                    view.produced_turns += isinstance(item, ConversationEvent)
+                    view.count_sent(item)
                     if rate and view.produced % 100 == 0:
                         ahead = view.produced / rate - (time.monotonic() - view.started)
                         if ahead > 0:
@@ -216,13 +274,16 @@ async def run_demo(settings: Settings, *, events: int, switch_at: int, rate: flo
                         await refresh(view, store, knowledge)
                         screen.update(view.render())
                         last = time.monotonic()
+            view.sending_s = time.monotonic() - view.started
             # Wait until the workers have caught up with everything produced.
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not should_stop():
                 await refresh(view, store, knowledge)
                 screen.update(view.render())
-                if view.consumed >= view.produced_feedback and view.turns >= view.produced_turns:
-                    await asyncio.sleep(2.5)  # one more snapshot interval, so statuses are final
+                if view.consumed >= view.produced_feedback and view.turns >= view.sent_turns:
+                    settle = time.monotonic() + 2.5  # one more snapshot interval, so statuses are final
+                    while time.monotonic() < settle and not should_stop():
+                        await asyncio.sleep(0.1)
                     await refresh(view, store, knowledge)
                     screen.update(view.render())
                     break

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from schemas.errors import LearnloopError
+from workers.stack.processes import spawn, terminate
 
 
 class EmbeddedError(LearnloopError):
@@ -30,7 +30,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -49,22 +49,17 @@ class _Process:
         self.port = 0
 
     def _spawn(self, argv: list[str], log_path: Path | None) -> None:
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         # A session of its own: Ctrl-C in a terminal goes to us, and we stop it in order.
-        self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        if log_path:
-            out.close()  # type: ignore[union-attr]
-        wait_for_port(self.port, self.proc, self.name)
+        self.proc = spawn(argv, log_path=log_path)
+        try:
+            wait_for_port(self.port, self.proc, self.name)
+        except BaseException:
+            terminate([self.proc], 5.0)
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            terminate([self.proc], timeout)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

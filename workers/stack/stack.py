@@ -1,7 +1,10 @@
 """The whole embedded stack in one object: broker, Redis and worker processes, on loopback.
 
-``learnloop dev`` and ``learnloop demo`` use it; Ctrl-C (or leaving the
-``with`` block) stops the workers first — so they snapshot — then Redis and the broker.
+``learnloop dev`` and ``learnloop demo`` use it; leaving the ``with`` block stops the workers
+first — so they snapshot — then Redis and the broker. Every child writes to a log file under
+``.learnloop/logs`` (the terminal belongs to the command) and dies with its parent
+(:mod:`workers.stack.processes`). Each worker serves ``/metrics`` on a free port of its own, so two
+stacks on one host do not collide; the ports are printed and written to ``dev.env``.
 """
 
 from __future__ import annotations
@@ -9,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
 from workers.settings import DEV_ENV_FILE, Settings
-from workers.stack.embedded import EmbeddedBroker, EmbeddedRedis
+from workers.stack.embedded import EmbeddedBroker, EmbeddedError, EmbeddedRedis, free_port
+from workers.stack.processes import spawn, terminate
+
+# Lines of dev.env that only describe the stack: no setting has these names, so no command reads them.
+DEV_PID_VAR = "LEARNLOOP_DEV_PID"
+DEV_METRICS_VAR = "LEARNLOOP_DEV_METRICS_"
 
 
 def default_workers() -> tuple[str, ...]:
@@ -34,18 +40,18 @@ class EmbeddedStack:
         workers: tuple[str, ...] | None = None,
         learners_file: Path | None = None,
         log_dir: Path | None = None,
-        quiet_workers: bool = False,
     ) -> None:
         self.settings = settings
         self.workers = workers if workers is not None else default_workers()
         self.learners_file = learners_file
         self.log_dir = log_dir or settings.data_dir / "logs"
-        self.quiet_workers = quiet_workers
         self.broker: EmbeddedBroker | None = None
         self.redis: EmbeddedRedis | None = None
         self.redis_url = ""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env_file = Path(DEV_ENV_FILE)
+        self.metrics_ports: dict[str, int] = {}
+        self._wrote_env_file = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -65,7 +71,12 @@ class EmbeddedStack:
             env["LEARNLOOP_LEARNERS_FILE"] = str(self.learners_file)
         return env
 
+    def metrics_urls(self) -> dict[str, str]:
+        host = self.settings.metrics.host
+        return {name: f"http://{host}:{port}/metrics" for name, port in self.metrics_ports.items()}
+
     def start(self) -> EmbeddedStack:
+        self._refuse_a_second_stack()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(log_path=self.log_dir / "broker.log").start()
         if "LEARNLOOP_REDIS__URL" in os.environ:
@@ -73,44 +84,60 @@ class EmbeddedStack:
         else:
             self.redis = EmbeddedRedis(log_path=self.log_dir / "redis.log").start()
             self.redis_url = self.redis.url
+        # LEARNLOOP_METRICS__PORT=0 turns metrics off; any other value cannot serve several workers.
+        if self.settings.metrics.port != 0:
+            self.metrics_ports = _free_ports(self.workers)
+        lines = {**self.env(), DEV_PID_VAR: str(os.getpid())}
+        lines.update({DEV_METRICS_VAR + n.upper(): url for n, url in self.metrics_urls().items()})
         self.env_file.parent.mkdir(parents=True, exist_ok=True)
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        self._wrote_env_file = True
         for name in self.workers:
             self.start_worker(name)
         return self
 
+    def _refuse_a_second_stack(self) -> None:
+        """Two stacks in one folder would share its database, graph and dev.env: refuse the second."""
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            for line in self.env_file.read_text().splitlines():
+                if line.startswith(DEV_PID_VAR + "="):
+                    pid = int(line.split("=", 1)[1])
+                    if pid != os.getpid() and _alive(pid):
+                        raise EmbeddedError(
+                            f"learnloop dev already runs in this folder (pid {pid}, see {self.env_file}); "
+                            "stop it first or start this one in another folder"
+                        )
+
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.env()}
-        log = open(self.log_dir / f"worker-{name}.log", "ab")  # noqa: SIM115
-        out = log if self.quiet_workers else None
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", name],
-            env=env, stdout=out, stderr=out, start_new_session=True,
-        )
-        log.close()
+        env = {**os.environ, **self.env(), "LEARNLOOP_METRICS__PORT": str(self.metrics_ports.get(name, 0))}
+        proc = spawn([sys.executable, "-m", "workers.cli", "worker", name], log_path=self.worker_log(name), env=env)
         self.procs[name] = proc
         return proc
+
+    def worker_log(self, name: str) -> Path:
+        return self.log_dir / f"worker-{name}.log"
+
+    def log_tail(self, name: str, lines: int = 5) -> list[str]:
+        """The last lines a worker wrote: why it stopped, usually."""
+        try:
+            text = self.worker_log(name).read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
 
     def failed_workers(self) -> dict[str, int]:
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(list(self.procs.values()), 30.0)
         if self.redis:
             self.redis.stop()
         if self.broker:
             self.broker.stop()
-        with contextlib.suppress(FileNotFoundError):
-            self.env_file.unlink()
+        if self._wrote_env_file:
+            with contextlib.suppress(FileNotFoundError):
+                self.env_file.unlink()
+            self._wrote_env_file = False
 
     def __enter__(self) -> EmbeddedStack:
         try:
@@ -123,3 +150,22 @@ class EmbeddedStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
