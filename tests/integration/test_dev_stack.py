@@ -258,3 +258,31 @@ def test_demo_replays_a_drifting_stream_and_reports_what_it_learned(tmp_path: Pa
     assert not (tmp_path / ".learnloop" / "dev.env").exists()
     # What the demo learned with stays for `learnloop dev` and the trainer: `learnloop retrain sea-text` works.
     assert 'retrain_model = "sea-text"' in (tmp_path / "learners.toml").read_text()
+
+
+def test_demo_stopped_by_sigterm_stops_its_stack_and_says_so(tmp_path: Path) -> None:
+    demo = subprocess.Popen([sys.executable, "-m", "workers.cli", "demo", "--no-live", "--rate", "500"], cwd=tmp_path,
+                            env=base_env(LEARNLOOP_METRICS__PORT="0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint)
+    tree: set[processes.Identity] = set()
+    try:
+        assert demo.stdout is not None
+        first = ""
+        while not first.startswith("embedded stack up") and demo.poll() is None:
+            first = demo.stdout.readline()  # printed once the broker, Redis and the workers are started
+        assert first.startswith("embedded stack up"), first
+        tree = processes.descendants(demo.pid)
+        assert len(tree) >= 4, processes.describe(tree)  # the broker, Redis and two workers
+        demo.send_signal(signal.SIGTERM)
+        out = first + demo.communicate(timeout=DOWN)[0]
+    finally:
+        if demo.poll() is None:
+            tree |= processes.descendants(demo.pid)
+            demo.kill()
+            demo.communicate(timeout=30)
+        processes.kill(tree)
+    assert demo.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM: stopping workers, Redis and the broker" in out, out[-3000:]
+    assert "demo stopped before the end" in out, out[-3000:]
+    assert not processes.wait_gone(tree, 10), "a process of the stack outlived the demo"
+    assert not (tmp_path / ".learnloop" / "dev.env").exists()

@@ -38,7 +38,10 @@ app.add_typer(training_cmd.db_app, name="db")
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a typer.Exit's code instead of exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LearnloopError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
