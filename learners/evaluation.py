@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,6 +35,7 @@ __all__ = [
     "Predictor",
     "bootstrap_diff",
     "evaluate",
+    "first_champion_gate",
     "gate",
     "grade",
     "mcnemar",
@@ -200,22 +202,25 @@ def gate(
     margin: float = 0.01,
     alpha: float = 0.05,
     metric: Metric = "f1",
+    labels: Sequence[Label] | None = None,
+    online_metric: float | None = None,
 ) -> GateDecision:
     """Promote ``candidate`` to champion only if it beats ``champion`` by ``margin`` on ``metric``, significantly.
 
     Both reports must come from the same held-out examples, in the same order. For
-    ``log_loss`` lower is better, so the delta is champion minus candidate.
+    ``log_loss`` lower is better, so the delta is champion minus candidate. With no champion
+    the candidate must pass :func:`first_champion_gate` (``labels`` are the held-out truth).
 
-    >>> better = EvalReport(0.9, 0.9, 0.9, 0.9, 0.3, 1, 1, [], [True] * 90 + [False] * 10)
-    >>> gate(better, None).reason
-    'no champion yet'
+    >>> better = EvalReport(0.9, 0.9, 0.9, 0.9, 0.3, 1, 1, [True] * 90 + [False] * 10, [True] * 90 + [False] * 10)
+    >>> gate(better, None, labels=[True] * 80 + [False] * 20).reason
+    'no champion yet; beats the majority class (accuracy 0.900 vs 0.800), grade A'
     >>> worse = EvalReport(0.6, 0.6, 0.6, 0.6, 0.6, 1, 1, [], [True] * 60 + [False] * 40)
     >>> d = gate(better, worse)
     >>> d.alias, d.reason
     ('champion', '+0.300 F1 over the champion, significant (McNemar p=1.2e-07)')
     """
     if champion is None:
-        return GateDecision(True, "champion", "no champion yet")
+        return first_champion_gate(candidate, labels or [], online_metric=online_metric, metric=metric)
     if candidate.n != champion.n:
         raise ValueError(f"candidate and champion were scored on different splits ({candidate.n} vs {champion.n})")
     new, old = float(getattr(candidate, metric)), float(getattr(champion, metric))
@@ -230,6 +235,48 @@ def gate(
         return GateDecision(False, "challenger", f"{shown} but not significant (p={p_value:.2g})", p_value, delta)
     reason = f"{shown} over the champion, significant (McNemar p={p_value:.2g})"
     return GateDecision(True, "champion", reason, p_value, delta)
+
+
+def first_champion_gate(
+    candidate: EvalReport,
+    labels: Sequence[Label],
+    *,
+    online_metric: float | None = None,
+    metric: Metric = "f1",
+) -> GateDecision:
+    """The gate for a model with no champion: beat the baselines, and never with grade D or F.
+
+    A first candidate has nothing to lose to, so it is held to what is free: the majority class
+    (a model that says ``True`` to everything must not win by default) and, when an online learner
+    feeds the model, that learner's prequential ``metric`` over the same window. Grades D and F
+    are never promoted automatically; such a candidate stays ``challenger`` and rolls out against
+    the majority-class baseline, if at all.
+
+    >>> allyes = EvalReport(0.693, 0.693, 1.0, 0.819, 0.62, 1, 1, [True] * 10, [True] * 693 + [False] * 307)
+    >>> d = first_champion_gate(allyes, [True] * 693 + [False] * 307)
+    >>> d.promote, d.reason
+    (False, 'no champion yet, but accuracy 0.693 does not beat the majority class (0.693)')
+    """
+    if not labels:
+        return GateDecision(False, "challenger", "no champion yet, and no held-out labels to compare with baselines")
+    majority = max(Counter(labels).values()) / len(labels)
+    if not candidate.accuracy > majority:
+        return GateDecision(False, "challenger", f"no champion yet, but accuracy {candidate.accuracy:.3f} does not "
+                            f"beat the majority class ({majority:.3f})")
+    if online_metric is not None:
+        new = float(getattr(candidate, metric))
+        better = new < online_metric if metric == "log_loss" else new > online_metric
+        if not better:
+            name = metric.upper() if metric == "f1" else metric.replace("_", "-")
+            return GateDecision(False, "challenger", f"no champion yet, but {name} {new:.3f} does not beat the online "
+                                f"learner's prequential {online_metric:.3f} over the same window")
+    letter = grade(candidate)
+    if letter in ("D", "F"):
+        return GateDecision(False, "challenger", f"no champion yet, but grade {letter} is never promoted automatically")
+    reason = f"no champion yet; beats the majority class (accuracy {candidate.accuracy:.3f} vs {majority:.3f})"
+    if online_metric is not None:
+        reason += f" and the online learner ({online_metric:.3f})"
+    return GateDecision(True, "champion", f"{reason}, grade {letter}")
 
 
 def quantization_effect(float_report: EvalReport, int8_report: EvalReport) -> dict[str, float]:

@@ -111,9 +111,39 @@ def test_bootstrap_interval_brackets_the_difference() -> None:
     assert bootstrap_diff(a, a, n=100) == (0.0, 0.0, 0.0)
 
 
-def test_gate_promotes_when_there_is_no_champion() -> None:
-    decision = gate(report([True, False]), None)
-    assert (decision.promote, decision.alias, decision.reason) == (True, "champion", "no champion yet")
+def test_a_first_candidate_that_beats_the_baselines_becomes_champion() -> None:
+    truth = [True] * 60 + [False] * 40
+    decision = gate(report([True] * 92 + [False] * 8, f1=0.91), None, labels=truth, online_metric=0.85)
+    assert (decision.promote, decision.alias) == (True, "champion")
+    assert "majority class (accuracy 0.920 vs 0.600)" in decision.reason and "grade A" in decision.reason
+
+
+def test_the_demo_first_candidate_that_says_true_to_everything_is_not_promoted() -> None:
+    # The field case: accuracy 0.693, recall 1.0, grade D, promoted only because there was no champion.
+    truth = [True] * 693 + [False] * 307
+    says_yes = EvalReport(0.693, 0.693, 1.0, 0.819, 0.62, 1.0, 2.0, [True] * 1000, [y is True for y in truth])
+    decision = gate(says_yes, None, labels=truth)
+    assert (decision.promote, decision.alias) == (False, "challenger")
+    assert "does not beat the majority class (0.693)" in decision.reason
+
+
+def test_a_first_candidate_with_grade_d_is_never_promoted() -> None:
+    truth = [True] * 50 + [False] * 50
+    decision = gate(report([True] * 65 + [False] * 35, f1=0.65), None, labels=truth)
+    assert not decision.promote and "grade D" in decision.reason
+
+
+def test_a_first_candidate_must_beat_the_online_learner() -> None:
+    truth = [True] * 50 + [False] * 50
+    decision = gate(report([True] * 90 + [False] * 10, f1=0.9), None, labels=truth, online_metric=0.93)
+    assert not decision.promote and "online learner's prequential 0.930" in decision.reason
+    lower_is_better = gate(report([True] * 90 + [False] * 10, f1=0.9, log_loss=0.3), None, labels=truth,
+                           online_metric=0.25, metric="log_loss")
+    assert not lower_is_better.promote
+
+
+def test_without_held_out_labels_a_first_candidate_is_not_promoted() -> None:
+    assert not gate(report([True, False]), None).promote
 
 
 def test_gate_keeps_a_worse_candidate_as_challenger() -> None:

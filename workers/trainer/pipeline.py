@@ -106,7 +106,8 @@ class TrainingPipeline:
             progress({"stage": "evaluate"})
             candidate = evaluate(TextClassifier.load(ft.model_dir), list(parts.test.texts), _labels(parts.test))
             champion = self._champion_report(job.model, champion_version, parts.test, Path(tmp))
-            decision = gate(candidate, champion, margin=self.config.margin, alpha=self.config.alpha)
+            decision = gate(candidate, champion, margin=self.config.margin, alpha=self.config.alpha,
+                            labels=_labels(parts.test))
             metrics = {**candidate.metrics(), "train_samples_per_s": ft.train_samples_per_s,
                        "best_val_loss": ft.best_val_loss, "epochs_run": float(ft.epochs_run)}
             if champion is not None:
