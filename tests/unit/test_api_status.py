@@ -16,8 +16,9 @@ from schemas import FeedbackEvent
 from workers.api import status as status_module
 from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
+from workers.api.history import Point
 from workers.api.keys import hash_key
-from workers.api.memory import MemoryModels, MemoryPublisher, MemoryStore
+from workers.api.memory import MemoryHistory, MemoryModels, MemoryPublisher, MemoryStore
 from workers.api.status import LagRows, ModelListing, ModelSource, lag_source, model_source
 from workers.settings import Settings, load_settings
 
@@ -26,16 +27,19 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 STATUS = {"name": "ctr", "task": "binary", "n_learned": 1200, "metrics": {"rolling_accuracy": 0.81},
           "drifts": 1, "last_drift": {"n_seen": 1024}}
 DRIFT = {"schema": "drift/1", "learner": "ctr", "n_seen": 1024, "detector": "adwin"}
+HISTORY = {"ctr": [Point(1_700_000_000.0, 600, "rolling_accuracy", 0.75),
+                   Point(1_700_000_005.5, 1200, "rolling_accuracy", 0.81)]}
 
 
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.publisher = MemoryPublisher()
-        self.store = MemoryStore([STATUS], [DRIFT])
+        self.store = MemoryStore([STATUS, {"name": "fresh", "n_learned": 0, "metrics": {}}], [DRIFT])
+        self.history = MemoryHistory(HISTORY)
         self.settings = load_settings(data_dir=tmp_path)
         api = ApiConfig(keys=[ApiKey(name="dash", sha256=hash_key(KEY))], ready_timeout_s=0.5)
         self.app = create_app(self.settings, api=api, producer=self.publisher, store=self.store,
-                              models=MemoryModels(["ctr"]))
+                              models=MemoryModels(["ctr"]), history=self.history)
         self.client = TestClient(self.app)
 
 
@@ -49,7 +53,35 @@ def gw(tmp_path: Path) -> Iterator[Harness]:
 def test_learners_are_the_stored_statuses_and_recent_drifts(gw: Harness) -> None:
     res = gw.client.get("/v1/learners", headers=AUTH)
     assert res.status_code == 200
-    assert res.json() == {"learners": [STATUS], "drifts": [DRIFT], "serving": {"ctr": {"version": None}}}
+    body = res.json()
+    assert (body["learners"][0], body["drifts"], body["serving"]) == (STATUS, [DRIFT], {"ctr": {"version": None}})
+
+
+def test_a_learners_history_is_its_points_oldest_first_with_rfc3339_times(gw: Harness) -> None:
+    res = gw.client.get("/v1/learners/ctr/history", headers=AUTH)
+    assert res.status_code == 200
+    assert res.json() == {
+        "learner": "ctr", "every_s": 5.0, "limit": 720,
+        "points": [{"at": "2023-11-14T22:13:20+00:00", "n": 600, "metric": "rolling_accuracy", "value": 0.75},
+                   {"at": "2023-11-14T22:13:25.500000+00:00", "n": 1200, "metric": "rolling_accuracy",
+                    "value": 0.81}],
+    }
+    # A learner with a status but nothing sampled yet has an empty history; an unknown one is 404.
+    assert gw.client.get("/v1/learners/fresh/history", headers=AUTH).json()["points"] == []
+    res = gw.client.get("/v1/learners/nobody/history", headers=AUTH)
+    assert (res.status_code, res.json()) == (404, {"detail": "no learner named 'nobody'"})
+    assert gw.client.get("/v1/learners/ctr/history").status_code == 401
+
+
+def test_history_is_503_when_redis_is_down_or_no_history_is_kept(gw: Harness, tmp_path: Path) -> None:
+    gw.history.down = True
+    res = gw.client.get("/v1/learners/ctr/history", headers=AUTH)
+    assert (res.status_code, res.json()) == (503, {"detail": "redis unavailable"})
+    api = ApiConfig(keys=[ApiKey(name="dash", sha256=hash_key(KEY))])
+    with TestClient(create_app(load_settings(data_dir=tmp_path), api=api, producer=MemoryPublisher(),
+                               store=MemoryStore([STATUS]), models=MemoryModels(["ctr"]))) as bare:
+        res = bare.get("/v1/learners/ctr/history", headers=AUTH)
+    assert (res.status_code, res.json()) == (503, {"detail": "this gateway keeps no learner history"})
 
 
 def test_learners_are_503_when_redis_is_down(gw: Harness) -> None:
@@ -141,7 +173,13 @@ def test_healthz_is_always_ok(gw: Harness) -> None:
 def test_openapi_describes_every_route_and_the_event_bodies(gw: Harness) -> None:
     doc = gw.client.get("/openapi.json").json()
     assert set(doc["paths"]) >= {"/v1/feedback", "/v1/predictions", "/v1/conversations", "/v1/learners",
-                                 "/v1/models", "/v1/lag", "/healthz", "/readyz", "/metrics"}
+                                 "/v1/learners/{name}/history", "/v1/models", "/v1/lag", "/healthz", "/readyz",
+                                 "/metrics"}
+    history = doc["paths"]["/v1/learners/{name}/history"]["get"]
+    assert history["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/MetricHistory"}
+    assert {"404", "503"} <= set(history["responses"])
+    assert doc["components"]["schemas"]["MetricPoint"]["required"] == ["at", "n", "metric", "value"]
     body = doc["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["oneOf"][0] == {"$ref": "#/components/schemas/FeedbackEvent"}
     feedback = doc["components"]["schemas"]["FeedbackEvent"]

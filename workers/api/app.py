@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
@@ -16,10 +17,11 @@ from streams.topics import Topics
 from workers.api.auth import KeyRing
 from workers.api.config import ApiConfig
 from workers.api.deps import Gateway
+from workers.api.history import HistorySampler, LearnerHistory
 from workers.api.ingest import ingest_router
 from workers.api.metrics import ApiMetrics, RequestMetrics
 from workers.api.openapi import install_openapi
-from workers.api.ports import EventPublisher, KafkaPublisher, ServingModels, StatusStore
+from workers.api.ports import EventPublisher, HistoryStore, KafkaPublisher, ServingModels, StatusStore
 from workers.api.predict import predict_router
 from workers.api.status import status_router
 from workers.feedback.redis_store import RedisStore
@@ -40,6 +42,11 @@ def _version() -> str:
         return "0+unknown"
 
 
+async def _stopped(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    stop.set()
+    await task
+
+
 def create_app(
     settings: Settings,
     *,
@@ -47,14 +54,17 @@ def create_app(
     producer: EventPublisher | None = None,
     store: StatusStore | None = None,
     models: ServingModels | None = None,
+    history: HistoryStore | None = None,
 ) -> FastAPI:
     """The gateway app.
 
-    ``api`` defaults to ``settings.api``. A ``producer``, ``store`` or ``models`` given
-    here is used as is (the caller starts and stops it); otherwise the lifespan makes an
-    ``EventProducer`` (creating missing topics first), a ``RedisStore`` and the served
-    models (``workers.api.serving``, the latest published version of every declared
-    learner loaded before the first request) from ``settings`` and closes them at shutdown.
+    ``api`` defaults to ``settings.api``. A ``producer``, ``store``, ``models`` or
+    ``history`` given here is used as is (the caller starts and stops it); otherwise the
+    lifespan makes an ``EventProducer`` (creating missing topics first), a ``RedisStore``
+    and the served models (``workers.api.serving``, the latest published version of every
+    declared learner loaded before the first request) from ``settings`` and closes them at
+    shutdown. With its own Redis the gateway also samples the learners' statuses into
+    their history (``api.history_every_s``) while it runs.
     """
     config = api if api is not None else settings.api
     gateway = Gateway(
@@ -66,6 +76,7 @@ def create_app(
         publisher=producer,
         store=store,
         models=models,
+        history=history,
     )
 
     # The predictor's metrics (versions served, loads refused, predictions logged) on the gateway's /metrics.
@@ -90,6 +101,14 @@ def create_app(
                 owned.push_async_callback(redis.close)
                 gateway.store = redis
                 owned.callback(setattr, gateway, "store", None)
+                if history is None:
+                    kept = LearnerHistory(redis.r, prefix=settings.redis.key_prefix, limit=config.history_points)
+                    gateway.history = kept
+                    owned.callback(setattr, gateway, "history", None)
+                    sampler = HistorySampler(redis.learner_statuses, kept, config.history_every_s)
+                    stop = asyncio.Event()
+                    task = asyncio.create_task(sampler.run(stop), name="learner-history")
+                    owned.push_async_callback(_stopped, task, stop)
             if models is None:
                 from workers.api.serving import start_serving  # River and the predictor SDK come with it
 

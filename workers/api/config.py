@@ -56,6 +56,10 @@ class ApiConfig(BaseModel):
     allow_anonymous_read: bool = False
     produce_timeout_s: float = Field(default=15.0, gt=0, description="broker acknowledgement of a request's events")
     ready_timeout_s: float = Field(default=2.0, gt=0, description="each /readyz probe (broker, Redis)")
+    # The status page's charts: the gateway samples the learners' statuses this often and keeps, in Redis,
+    # this many points per learner (720 every 5 s: an hour of steady learning; an idle learner adds none).
+    history_every_s: float = Field(default=5.0, gt=0, le=3600, description="seconds between history samples")
+    history_points: int = Field(default=720, ge=2, le=100_000, description="points kept per learner")
 
     @field_validator("keys")
     @classmethod

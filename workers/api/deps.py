@@ -11,7 +11,7 @@ from streams.topics import Topics
 from workers.api.auth import KeyRing
 from workers.api.config import ApiConfig
 from workers.api.metrics import ApiMetrics
-from workers.api.ports import EventPublisher, ServingModels, StatusStore
+from workers.api.ports import EventPublisher, HistoryStore, ServingModels, StatusStore
 from workers.settings import Settings
 
 
@@ -27,6 +27,7 @@ class Gateway:
     publisher: EventPublisher | None = None
     store: StatusStore | None = None
     models: ServingModels | None = None
+    history: HistoryStore | None = None  # None: the app was given a store of its own and no history
     # The MLflow registry, made on first use of /v1/models (importing MLflow takes seconds).
     registry: Any = field(default=None, repr=False)
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from schemas.errors import StoreUnavailable
+from workers.api.history import Point
 from workers.api.ports import LearnerUnknown, NoServedVersion, Record
 
 
@@ -119,3 +120,16 @@ class MemoryModels:
     def versions(self) -> dict[str, dict[str, Any]]:
         names = [*self.declared, *sorted(set(self.serving) - set(self.declared))]
         return {n: {"version": s.version if (s := self.serving.get(n)) else None} for n in names}
+
+
+class MemoryHistory:
+    """Learners' history points held in a dict; ``down`` makes it act unreachable."""
+
+    def __init__(self, points: dict[str, list[Point]] | None = None) -> None:
+        self.by_learner = dict(points or {})
+        self.down = False
+
+    async def points(self, learner: str) -> list[Point]:
+        if self.down:
+            raise StoreUnavailable("redis unavailable (memory history marked down)")
+        return list(self.by_learner.get(learner, []))

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from streams.producer import EventProducer
+from workers.api.history import Point
 
 
 class Record(NamedTuple):
@@ -82,6 +83,12 @@ class ServingModels(Protocol):
 
     def versions(self) -> dict[str, dict[str, Any]]:
         """Per known learner, what is served (``version`` null while nothing is), for the status page."""
+
+
+class HistoryStore(Protocol):
+    """What the history route reads: ``workers.api.history.LearnerHistory``."""
+
+    async def points(self, learner: str) -> list[Point]: ...
 
 
 class KafkaPublisher:

@@ -1,4 +1,4 @@
-"""Read routes: learners, models, lag, health, readiness, metrics, and the status page.
+"""Read routes: learners and their history, models, lag, health, readiness, metrics, and the status page.
 
 ``/v1/models`` answers 200 with an empty list and a ``note`` when MLflow (the
 ``train`` extra) is not installed or no registry exists yet: that is a state of
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from schemas.errors import StoreUnavailable
@@ -34,6 +36,20 @@ from workers.lag import lag_rows
 log = logging.getLogger(__name__)
 
 RECENT_DRIFTS = 100
+
+
+class MetricPoint(BaseModel):
+    at: str = Field(description="RFC 3339: when the learner had learned `n` events")
+    n: int = Field(description="events learned by then (the position in the learner's stream)")
+    metric: str = Field(description="the metric charted: rolling_accuracy, accuracy, rolling_mae or mae")
+    value: float
+
+
+class MetricHistory(BaseModel):
+    learner: str
+    every_s: float = Field(description="how often the gateway samples the learners' statuses")
+    limit: int = Field(description="points kept per learner; the oldest are dropped")
+    points: list[MetricPoint] = Field(description="oldest first; one per sample in which the learner learned")
 
 
 @dataclass
@@ -143,6 +159,33 @@ def status_router() -> APIRouter:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "redis unavailable") from None
         serving = gateway.models.versions() if gateway.models is not None else {}
         return {"learners": statuses, "drifts": drifts, "serving": jsonable_encoder(serving)}
+
+    @router.get(
+        "/v1/learners/{name}/history",
+        tags=["status"],
+        summary="A learner's main metric over time, kept by the gateway in Redis (bounded, oldest dropped)",
+        response_model=MetricHistory,
+        responses={
+            404: {"description": "no such learner: no status and no history"},
+            503: {"description": "Redis is unreachable, or this gateway keeps no history"},
+        },
+    )
+    async def learner_history(
+        _: ReadCaller, gateway: GatewayDep, name: Annotated[str, PathParam(max_length=200)]
+    ) -> MetricHistory:
+        if gateway.history is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this gateway keeps no learner history")
+        try:
+            points = await gateway.history.points(name)
+            known = bool(points) or name in {st.get("name") for st in await gateway.require_store().learner_statuses()}
+        except (StoreUnavailable, RedisError, OSError) as error:
+            log.warning("learner history unavailable: %s", error)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "redis unavailable") from None
+        if not known:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no learner named {name!r}")
+        config = gateway.config
+        return MetricHistory(learner=name, every_s=config.history_every_s, limit=config.history_points,
+                                 points=[MetricPoint(**p.as_json()) for p in points])
 
     @router.get(
         "/v1/models",
