@@ -4,8 +4,14 @@
 "use strict";
 
 const KEY_STORE = "learnloop.apiKey";
-const MAX_POINTS = 600; // per learner, kept in this tab only
 const SVG_NS = "http://www.w3.org/2000/svg";
+// The lag table speaks `learnloop lag`: its column names, in its order, over /v1/lag's fields.
+const LAG_COLUMNS = [
+  ["GROUP", "group"], ["TOPIC", "topic"], ["PARTITION", "partition"], ["CURRENT-OFFSET", "current_offset"],
+  ["LOG-END-OFFSET", "log_end_offset"], ["LAG", "lag"], ["CONSUMER-ID", "consumer_id"], ["HOST", "host"],
+  ["CLIENT-ID", "client_id"], ["TIME-LAG", "time_lag_s"], ["STATUS", "status"],
+];
+const LAG_NUMBERS = new Set(["partition", "current_offset", "log_end_offset", "lag", "time_lag_s"]);
 
 const params = new URLSearchParams(location.search);
 if (params.has("key")) {
@@ -16,7 +22,10 @@ if (params.has("key")) {
   history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
 }
 const refreshSeconds = Math.max(1, Number(params.get("refresh")) || 5);
-const history_ = new Map(); // learner name -> [{n, v, t}]
+// learner name -> [{n, v, m, t}]: the gateway's history (loaded once per learner), then this tab's polls.
+const history_ = new Map();
+const loaded = new Set(); // learners whose history came from the gateway
+let maxPoints = 720; // the gateway's limit, once it said
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -37,6 +46,39 @@ function fmt(v, digits = 4) {
   if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en-US") : v.toFixed(digits);
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
+}
+
+// A time from the server: RFC 3339, or epoch seconds (older statuses). null when it is neither.
+function toDate(v) {
+  if (typeof v === "number" && Number.isFinite(v)) return new Date(v * 1000);
+  if (typeof v === "string" && v) { const d = new Date(v); return Number.isNaN(d.getTime()) ? null : d; }
+  return null;
+}
+
+// Local clock time; the date too when it is not today.
+function clock(d) {
+  return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) return "-";
+  const s = Math.max(0, Number(seconds));
+  if (s < 60) return s.toFixed(1) + " s";
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function ago(d) {
+  const s = (Date.now() - d.getTime()) / 1000;
+  if (s < 1) return "just now";
+  const text = duration(s);
+  return (s < 60 ? text.replace(/\.\d s$/, " s") : text) + " ago";
+}
+
+// "14:02:11 (3 min ago)", with the exact instant on hover.
+function when(d) {
+  return el("time", { datetime: d.toISOString(), title: d.toISOString() }, `${clock(d)} (${ago(d)})`);
 }
 
 async function getJSON(path) {
@@ -67,19 +109,37 @@ function mainMetric(metrics) {
 
 function remember(learner, metric) {
   if (!metric) return [];
-  const points = history_.get(learner.name) || [];
+  const points = (history_.get(learner.name) || []).filter(p => p.m === metric.name);
   const n = Number(learner.n_learned) || 0;
   const last = points[points.length - 1];
   if (!last || last.n !== n || last.v !== metric.value) {
     if (last && n < last.n) points.length = 0; // the learner was reset: start its line again
-    points.push({ n, v: metric.value, t: new Date() });
-    if (points.length > MAX_POINTS) points.splice(0, points.length - MAX_POINTS);
+    const t = toDate(learner.learned_at) || toDate(learner.snapshot_at) || new Date();
+    points.push({ n, v: metric.value, m: metric.name, t });
+    if (points.length > maxPoints) points.splice(0, points.length - maxPoints);
   }
   history_.set(learner.name, points);
   return points;
 }
 
-function chart(points, driftAt, metric) {
+// The points the gateway kept (so a reload keeps its charts), ahead of any this tab saw since.
+async function loadHistory(names) {
+  await Promise.all(names.filter(name => !loaded.has(name)).map(async name => {
+    const res = await getJSON(`v1/learners/${encodeURIComponent(name)}/history`);
+    if (!res.ok) {
+      if (res.status !== 503) loaded.add(name); // 503: Redis or the history is down, ask again next poll
+      return;
+    }
+    loaded.add(name);
+    if (Number(res.body.limit) > 0) maxPoints = Number(res.body.limit);
+    const kept = (res.body.points || []).map(p => ({ n: Number(p.n), v: Number(p.value), m: p.metric, t: toDate(p.at) }));
+    const lastN = kept.length ? kept[kept.length - 1].n : -1;
+    const seen = (history_.get(name) || []).filter(p => p.n > lastN);
+    history_.set(name, kept.concat(seen).slice(-maxPoints));
+  }));
+}
+
+function chart(points, driftAt, driftTimes, metric) {
   const W = 420, H = 150, L = 34, R = 10, T = 12, B = 24;
   const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
                             "aria-label": `${metric.name} over events learned` });
@@ -103,7 +163,8 @@ function chart(points, driftAt, metric) {
                   `events learned — ${metric.name}`));
   for (const n of driftAt) {
     const line = svg("line", { class: "drift", x1: X(n), x2: X(n), y1: T, y2: H - B });
-    line.append(svg("title", {}, `drift at ${fmt(n)}`));
+    const at = driftTimes.get(n);
+    line.append(svg("title", {}, `drift at event ${fmt(n)}` + (at ? ` · ${clock(at)}` : "")));
     root.append(line);
     root.append(svg("text", { class: "drift-label", x: X(n) + 3, y: T + 9 }, "drift"));
   }
@@ -113,7 +174,8 @@ function chart(points, driftAt, metric) {
   }
   const last = points[points.length - 1];
   const dot = svg("circle", { class: "point", cx: X(last.n), cy: Y(last.v), r: 3.5 });
-  dot.append(svg("title", {}, `${metric.name} ${fmt(last.v)} at ${fmt(last.n)} (${last.t.toLocaleTimeString()})`));
+  dot.append(svg("title", {}, `${metric.name} ${fmt(last.v)} at event ${fmt(last.n)}` +
+                               (last.t ? ` · ${clock(last.t)}` : "")));
   root.append(dot);
   return root;
 }
@@ -122,6 +184,16 @@ function chart(points, driftAt, metric) {
 function servedVersion(entry) {
   if (!entry) return "not declared";
   return entry.version === null || entry.version === undefined ? "none yet" : "v" + entry.version;
+}
+
+// Under a chart: how many points, and the clock times they span.
+function span(points) {
+  const times = points.map(p => p.t).filter(Boolean);
+  const text = `${fmt(points.length)} point${points.length === 1 ? "" : "s"}`;
+  if (!times.length) return el("p", { class: "span" }, text);
+  const first = times[0], last = times[times.length - 1];
+  return el("p", { class: "span" }, `${text} · `, el("time", { datetime: first.toISOString() }, clock(first)),
+            " – ", el("time", { datetime: last.toISOString() }, clock(last)));
 }
 
 function renderLearners(res) {
@@ -134,8 +206,17 @@ function renderLearners(res) {
   const cards = learners.map(learner => {
     const metric = mainMetric(learner.metrics);
     const points = remember(learner, metric);
-    const driftAt = new Set(drifts.filter(d => d.learner === learner.name).map(d => Number(d.n_seen)));
-    if (learner.last_drift && learner.last_drift.n_seen !== undefined) driftAt.add(Number(learner.last_drift.n_seen));
+    const mine = drifts.filter(d => d.learner === learner.name);
+    const driftAt = new Set(mine.map(d => Number(d.n_seen)));
+    const driftTimes = new Map(mine.map(d => [Number(d.n_seen), toDate(d.detected_at)]).filter(([, t]) => t));
+    const lastDrift = learner.last_drift && Number.isFinite(Number(learner.last_drift.n_seen))
+      ? Number(learner.last_drift.n_seen) : null;
+    if (lastDrift !== null) driftAt.add(lastDrift);
+    // A drift is a position in the learner's stream (an event count) and, when its event is known, a time.
+    const drift = lastDrift === null ? el("b", {}, "–")
+      : el("span", {}, el("b", {}, `at event ${fmt(lastDrift)}`),
+           ...(driftTimes.has(lastDrift) ? [" · ", when(driftTimes.get(lastDrift))] : []));
+    const snapshot = toDate(learner.snapshot_at);
     const card = el("article", { class: "learner", "data-learner": learner.name },
       el("h3", {}, learner.name, el("span", { class: "kind" }, `${learner.task || "?"} · ${learner.model || "?"}`)),
       el("div", { class: "stats" },
@@ -143,8 +224,12 @@ function renderLearners(res) {
         el("span", { class: "served" }, "serving ", el("b", {}, servedVersion(serving[learner.name]))),
         el("span", {}, `${metric ? metric.name : "metric"} `, el("b", {}, metric ? fmt(metric.value) : "–")),
         el("span", {}, "drifts ", el("b", {}, fmt(learner.drifts || 0))),
-        el("span", {}, "last drift at ", el("b", {}, learner.last_drift ? fmt(learner.last_drift.n_seen) : "–"))));
-    if (points.length) card.append(chart(points, [...driftAt].filter(Number.isFinite).sort((a, b) => a - b), metric));
+        el("span", { class: "last-drift" }, "last drift ", drift),
+        ...(snapshot ? [el("span", { class: "saved" }, "saved ", when(snapshot))] : [])));
+    if (points.length) {
+      card.append(chart(points, [...driftAt].filter(Number.isFinite).sort((a, b) => a - b), driftTimes, metric),
+                  span(points));
+    }
     return card;
   });
   target.replaceChildren(...cards);
@@ -155,13 +240,18 @@ function renderLag(res) {
   if (!res.ok) return problem(target, res);
   const rows = (res.body && res.body.rows) || [];
   if (!rows.length) return target.replaceChildren(el("p", { class: "note" }, "no consumer groups reported"));
-  const columns = [];
-  for (const row of rows) for (const k of Object.keys(row)) if (!columns.includes(k)) columns.push(k);
-  const head = el("tr", {}, ...columns.map(c => el("th", {}, c)));
-  const body = rows.map(row => el("tr", {}, ...columns.map(c => {
-    const v = row[c];
-    const cls = (typeof v === "number" ? "num" : "") + (c.startsWith("lag") && v > 0 ? " lagging" : "");
-    return el("td", { class: cls.trim() }, fmt(v, 2));
+  const head = el("tr", {}, ...LAG_COLUMNS.map(([title, field]) =>
+    el("th", { "data-field": field, class: LAG_NUMBERS.has(field) ? "num" : "" }, title)));
+  const body = rows.map(row => el("tr", {}, ...LAG_COLUMNS.map(([, field]) => {
+    const v = row[field];
+    const missing = v === null || v === undefined || v === "";
+    if (field === "status") return el("td", { class: "status " + String(v || "").toLowerCase() }, v || "-");
+    if (LAG_NUMBERS.has(field)) {
+      const cls = "num" + (missing ? " none" : "") + (["lag", "time_lag_s"].includes(field) && v > 0 ? " lagging" : "");
+      const text = field === "time_lag_s" ? duration(v) : missing ? "-" : fmt(v);
+      return el("td", field === "time_lag_s" && !missing ? { class: cls, title: `${v} s` } : { class: cls }, text);
+    }
+    return el("td", { class: missing ? "none" : "text" }, missing ? "-" : v);
   })));
   target.replaceChildren(el("table", { id: "lag-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
 }
@@ -188,6 +278,7 @@ function renderModels(res) {
 async function poll() {
   const [learners, lag, models] = await Promise.all(
     [getJSON("v1/learners"), getJSON("v1/lag"), getJSON("v1/models")]);
+  if (learners.ok) await loadHistory(((learners.body || {}).learners || []).map(l => l.name));
   renderLearners(learners);
   renderLag(lag);
   renderModels(models);
