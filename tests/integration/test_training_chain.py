@@ -13,20 +13,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
 from learners.config import LearnersConfig
 from learners.finetune import FineTuneConfig
 from schemas import DataWindow, ModelUpdate, RetrainRequest, parse_event
 from streams.admin import ensure_topics
+from streams.metrics import TrainerMetrics
 from streams.producer import EventProducer
 from streams.subscriber import ModelSubscriber
 from streams.topics import Topics
 from tests.integration.util import read_topic
+from workers.cli import app
 from workers.settings import Settings
 from workers.store.engine import make_engine
 from workers.store.feedback import FeedbackStore
-from workers.store.jobs import JobStore
+from workers.store.jobs import JobStore, job_as_dict
 from workers.store.migrate import upgrade
+from workers.store.models import TrainingOutcome
 from workers.store.samples import SampleIn
 from workers.trainer.config import MlflowConfig, TrainerConfig
 from workers.trainer.pipeline import TrainingPipeline
@@ -59,7 +64,7 @@ TINY = FineTuneConfig(max_length=24, batch_size=16, epochs=2, max_steps=30, lear
 
 class Rig:
     def __init__(self, settings: Settings, tmp: Path) -> None:
-        url = f"sqlite:///{tmp / 'store.db'}"
+        self.url = url = f"sqlite:///{tmp / 'store.db'}"
         upgrade(url)
         self.engine = make_engine(url)
         self.store = FeedbackStore(self.engine)
@@ -87,7 +92,8 @@ class Rig:
             await trainer.producer.stop()
         done = self.jobs.get(job.id)
         assert done is not None
-        return {"status": done.status, "error": done.error, "result": done.result or {}}
+        return {"status": done.status, "error": done.error, "result": done.result or {},
+                "outcome": job_as_dict(done)["outcome"]}
 
 
 @pytest.fixture
@@ -129,12 +135,22 @@ async def test_request_to_registered_version_to_subscriber(settings: Settings, r
         assert all(0.5 < p <= 1.0 for p in out["probability"])
 
 
-async def test_too_little_data_fails_the_job_and_promotes_nothing(rig: Rig) -> None:
+async def test_too_little_data_fails_the_job_and_promotes_nothing(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     rig.store.add_many(sentiment_samples(40))
-    outcome = await rig.run_one(rig.trainer(), request())
-    assert outcome["status"] == "failed"
+    trainer = rig.trainer()
+    trainer.metrics = TrainerMetrics(CollectorRegistry())
+    outcome = await rig.run_one(trainer, request())
+    assert (outcome["status"], outcome["outcome"]) == ("failed", TrainingOutcome.DATASET_INVALID)
     assert "only 40 samples (need 100)" in str(outcome["error"])
     assert rig.registry.versions("answers-text") == []
+    # One word for it in the metric the alert counts and in `learnloop jobs`.
+    assert trainer.metrics.registry.get_sample_value(
+        "learnloop_training_jobs_total", {"model": "answers-text", "outcome": "dataset_invalid"}) == 1
+    monkeypatch.setenv("LEARNLOOP_DATABASE__URL", rig.url)
+    res = CliRunner().invoke(app, ["jobs"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    [row] = [line for line in res.output.splitlines() if "answers-text" in line]
+    assert "failed" in row and "dataset_invalid" in row
 
 
 async def test_no_samples_at_all_says_where_samples_come_from(rig: Rig) -> None:

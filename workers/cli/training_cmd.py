@@ -76,7 +76,11 @@ def jobs(
     model: str = typer.Option(None, "--model", help="Only this model's jobs."),
     limit: int = typer.Option(50, min=1, help="Most recent jobs to list."),
 ) -> None:
-    """Training jobs: queued, running, succeeded, failed (with the reason) and rejected."""
+    """Training jobs: status (queued, running, succeeded, failed, rejected) and how each ended.
+
+    The OUTCOME column (``outcome`` in JSON) uses the metrics' and alerts' words: succeeded, failed,
+    dataset_invalid or rejected.
+    """
     from workers.store.engine import engine_for
     from workers.store.jobs import JobStore, job_as_dict
 
@@ -86,14 +90,14 @@ def jobs(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("job", "model", "status", "reason", "created", "progress", "version", "detail")
+    table = Table("job", "model", "status", "outcome", "reason", "created", "progress", "version", "detail")
     for r in rows:
         result: dict[str, Any] = r.get("result") or {}
         detail = r.get("error") or result.get("reason") or ""
         version = f"{result['version']} ({result.get('alias')})" if result.get("version") else "-"
         progress = progress_cell(r.get("progress")) if r["status"] == "running" else ""
-        table.add_row(r["id"][:8], r["model"], r["status"], r["reason"], str(r["created_at"])[:19], progress,
-                      version, str(detail)[:60])
+        table.add_row(r["id"][:8], r["model"], r["status"], r["outcome"] or "-", r["reason"],
+                      str(r["created_at"])[:19], progress, version, str(detail)[:60])
     Console().print(table)
 
 

@@ -40,9 +40,12 @@ from schemas import DataWindow, RetrainRequest
 from schemas.envelope import utc_now
 from schemas.errors import LearnloopError
 from workers.store.engine import available, writer
-from workers.store.models import JOB_STATUSES, JobRequest, TrainingJob
+from workers.store.models import JOB_STATUSES, JobRequest, TrainingJob, TrainingOutcome
 
-__all__ = ["JobNotFound", "JobStateError", "JobStore", "TrainingJob", "job_as_dict", "job_window", "merge_windows"]
+__all__ = [
+    "DATASET_INVALID_PREFIX", "JobNotFound", "JobStateError", "JobStore", "TrainingJob", "TrainingOutcome",
+    "job_as_dict", "job_outcome", "job_window", "merge_windows",
+]
 
 T = TypeVar("T")
 _CONFLICT_RETRIES = 5  # concurrent writers raced on a unique key: read again and redo
@@ -93,12 +96,34 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt is not None else None
 
 
+DATASET_INVALID_PREFIX = "dataset invalid: "
+"""How the error of a job failed for its data begins: what tells ``dataset_invalid`` from ``failed``."""
+
+
+def job_outcome(job: TrainingJob) -> TrainingOutcome | None:
+    """How ``job`` ended; None while it is queued or running.
+
+    >>> job_outcome(TrainingJob(status="failed", error="dataset invalid: only 40 samples (need 200)")).value
+    'dataset_invalid'
+    >>> job_outcome(TrainingJob(status="queued")) is None
+    True
+    """
+    if job.status == "failed":
+        dataset = (job.error or "").startswith(DATASET_INVALID_PREFIX)
+        return TrainingOutcome.DATASET_INVALID if dataset else TrainingOutcome.FAILED
+    if job.status in ("succeeded", "rejected"):
+        return TrainingOutcome(job.status)
+    return None
+
+
 def job_as_dict(job: TrainingJob) -> dict[str, Any]:
     """Every field of ``job``, JSON-ready (times as ISO 8601 strings in UTC)."""
+    outcome = job_outcome(job)
     return {
         "id": job.id,
         "model": job.model,
         "status": job.status,
+        "outcome": None if outcome is None else outcome.value,
         "reason": job.reason,
         "request_ids": list(job.request_ids),
         "drift_event_ids": list(job.drift_event_ids),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -31,6 +32,27 @@ from workers.store.samples import LabelValue
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "rejected"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "rejected")
+
+
+class TrainingOutcome(StrEnum):
+    """How a training job ended, or one run of it: the one vocabulary of `learnloop jobs` (its OUTCOME
+    column), the ``outcome`` label of ``learnloop_training_jobs_total``, the training dashboard and the
+    alerts (``infra/``, checked against this by ``tests/unit/test_infra.py``).
+
+    A finished job's outcome follows from its record (:func:`workers.store.jobs.job_outcome`);
+    ``cancelled`` and ``lost`` end a run only, and the job goes on in another run.
+    """
+
+    SUCCEEDED = "succeeded"  # a version was registered and announced
+    FAILED = "failed"  # the run broke (the job's error says how), or its trainer died too often
+    DATASET_INVALID = "dataset_invalid"  # the window's data cannot train a model: too few samples, one class...
+    REJECTED = "rejected"  # the request cannot be served: no learner names the model
+    CANCELLED = "cancelled"  # the trainer stopped mid-run; the job is requeued for the next trainer
+    LOST = "lost"  # the run was declared dead (no heartbeat) and its job handed on
+
+
+# The outcomes someone has to act on: the training-failure alert fires on these.
+FAILED_OUTCOMES = frozenset({TrainingOutcome.FAILED, TrainingOutcome.DATASET_INVALID, TrainingOutcome.REJECTED})
 JobReason = Literal["drift", "schedule", "manual", "volume"]
 
 ID_LEN = 36  # a UUID's text form

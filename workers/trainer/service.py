@@ -27,8 +27,8 @@ from schemas import ModelUpdate, RetrainRequest
 from streams.metrics import TrainerMetrics, trainer_metrics
 from streams.producer import EventProducer
 from workers.store.datasets import DatasetInvalid
-from workers.store.jobs import JobStateError, JobStore
-from workers.store.models import TrainingJob
+from workers.store.jobs import DATASET_INVALID_PREFIX, JobStateError, JobStore
+from workers.store.models import TrainingJob, TrainingOutcome
 from workers.trainer.config import TrainerConfig
 from workers.trainer.pipeline import TrainingPipeline, trainable_learners
 
@@ -91,7 +91,7 @@ class Trainer:
                 "LEARNLOOP_LEARNERS_FILE to the file the feedback worker uses"
             )
             job = self.jobs.reject(job.id, reason)
-            self.metrics.training_jobs.labels(job.model, "rejected").inc()
+            self.metrics.training_jobs.labels(job.model, TrainingOutcome.REJECTED).inc()
             log.error("job %s rejected: %s", job.id, reason)
         return job
 
@@ -130,8 +130,8 @@ class Trainer:
         self.metrics.training_jobs.labels(job.model, outcome).inc()
         self.metrics.training_job_seconds.labels(job.model).observe(time.monotonic() - t0)
 
-    async def _run_job(self, job: TrainingJob) -> str:
-        """Run one job to its end; the outcome: succeeded, failed, dataset_invalid, cancelled or lost."""
+    async def _run_job(self, job: TrainingJob) -> TrainingOutcome:
+        """Run one job to its end, or the end of this run (cancelled, lost)."""
         log.info("job %s: training %s (attempt %d)", job.id, job.model, job.attempts)
 
         def progress(p: dict[str, Any]) -> None:
@@ -142,24 +142,25 @@ class Trainer:
                 self.pipeline.run, job, progress=progress, should_stop=self._stopping.is_set
             )
         except DatasetInvalid as exc:
-            await asyncio.to_thread(self.jobs.fail, job.id, f"dataset invalid: {exc}", worker_id=self.worker_id)
-            log.error("job %s failed: dataset invalid: %s", job.id, exc)
-            return "dataset_invalid"
+            error = f"{DATASET_INVALID_PREFIX}{exc}"
+            await asyncio.to_thread(self.jobs.fail, job.id, error, worker_id=self.worker_id)
+            log.error("job %s failed: %s", job.id, error)
+            return TrainingOutcome.DATASET_INVALID
         except TrainingCancelled:
             log.warning("job %s interrupted by shutdown; the next trainer picks it up again", job.id)
-            return "cancelled"
+            return TrainingOutcome.CANCELLED
         except JobStateError as exc:  # our heartbeat was refused: the job was recovered as stale
             log.error("job %s is no longer ours (%s); dropping this run", job.id, exc)
-            return "lost"
+            return TrainingOutcome.LOST
         except Exception as exc:  # a failed job must be recorded, whatever broke; the worker carries on
             reason = f"{type(exc).__name__}: {exc}"
             log.error("job %s failed: %s\n%s", job.id, reason, traceback.format_exc())
             await asyncio.to_thread(self.jobs.fail, job.id, reason[:4000], worker_id=self.worker_id)
-            return "failed"
+            return TrainingOutcome.FAILED
         await self.announce(outcome.update)
         await asyncio.to_thread(self.jobs.succeed, job.id, outcome.result, worker_id=self.worker_id)
         self.completed.append(job.id)
-        return "succeeded"
+        return TrainingOutcome.SUCCEEDED
 
     async def announce(self, update: ModelUpdate) -> None:
         await self.producer.send(update)
