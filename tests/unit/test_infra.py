@@ -6,7 +6,7 @@
 * the compose wiring hangs together: mounted paths exist, dependencies have the health checks
   their conditions need, secrets are required, Prometheus scrapes the ports the services use;
 * the Prometheus rules and the Grafana dashboards parse and use only the metric names (and
-  labels) the workers export, listed in ``METRICS`` below;
+  labels) the workers export, read from the code's metric classes into ``METRICS`` below;
 * with ``promtool`` on PATH: ``promtool check config``, ``check rules`` and the rule unit tests.
 
 Commands, settings and metrics that other changes are still wiring are listed in ``PENDING_*``:
@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from learners.config import load_learners_file
@@ -44,32 +45,52 @@ PROM_DIR = ROOT / "infra" / "prometheus"
 GRAFANA_DIR = ROOT / "infra" / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 
+class _RecordingRegistry(CollectorRegistry):
+    """A registry that remembers what was registered on it, to list every family with its labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collectors: list[Any] = []
+
+    def register(self, collector: Any) -> None:
+        super().register(collector)
+        self.collectors.append(collector)
+
+
+def exported_metrics() -> tuple[dict[str, set[str]], set[str]]:
+    """The series names every learnloop process exports, with their labels, and the histograms among them.
+
+    Read from the code's own metric classes (one of each kind of worker, the gateway's and the lag
+    exporter's), so a dashboard or rule can only name what some process really serves.
+    """
+    from streams.metrics import ConversationMetrics, FeedbackMetrics, PredictorMetrics, TrainerMetrics
+    from workers.api.metrics import ApiMetrics
+    from workers.lag.exporter import LagMetrics
+
+    kinds = (FeedbackMetrics, ConversationMetrics, TrainerMetrics, PredictorMetrics, LagMetrics, ApiMetrics)
+    registries = [_RecordingRegistry() for _ in kinds]
+    for kind, registry in zip(kinds, registries, strict=True):
+        kind(registry)
+    collectors = [c for r in registries for c in r.collectors]
+    metrics: dict[str, set[str]] = {}
+    histograms: set[str] = set()
+    for collector in collectors:
+        labels = set(getattr(collector, "_labelnames", ()))  # a custom collector: its labels are not checked
+        for family in collector.describe():
+            name = family.name + ("_total" if family.type == "counter" else "")
+            metrics[name] = labels or metrics.get(name, set())
+            if family.type == "histogram":
+                histograms.add(name)
+    return metrics, histograms
+
+
 # The metrics learnloop exports: name -> labels (besides job/instance, which Prometheus adds).
+_EXPORTED, HISTOGRAMS = exported_metrics()
 METRICS: dict[str, set[str]] = {
-    # feedback / conversation / trainer workers
-    "learnloop_events_in_total": {"topic"},
-    "learnloop_events_learned_total": {"learner"},
-    "learnloop_events_deadlettered_total": {"topic", "reason"},
-    "learnloop_duplicates_dropped_total": {"topic"},
-    "learnloop_batch_seconds": {"loop"},
-    "learnloop_learner_metric": {"learner", "partition", "metric"},  # one series per partition's learner
-    "learnloop_drift_alarms_total": {"learner"},
-    "learnloop_snapshot_age_seconds": {"topic", "partition"},
-    "learnloop_graph_write_seconds": set(),
-    "learnloop_graph_write_failures_total": set(),
-    "learnloop_training_jobs_total": {"model", "outcome"},
-    "learnloop_training_job_seconds": {"model"},
-    "learnloop_model_version": {"model", "alias"},
-    # lag exporter
-    "learnloop_consumer_lag": {"group", "topic", "partition"},
-    "learnloop_consumer_lag_seconds": {"group", "topic", "partition"},
-    "learnloop_consumer_status": {"group", "topic", "partition", "status"},
-    "learnloop_group_status": {"group", "status"},
-    "learnloop_model_freshness_seconds": {"learner"},
-    # Prometheus itself
-    "up": set(),
+    **_EXPORTED,
+    "learnloop_snapshot_age_seconds": {"topic", "partition"},  # computed at scrape time by a custom collector
+    "up": set(),  # Prometheus itself
 }
-HISTOGRAMS = {"learnloop_batch_seconds", "learnloop_graph_write_seconds", "learnloop_training_job_seconds"}
 TARGET_LABELS = {"job", "instance"}
 
 # Named in docker-compose.yml but wired by other changes: absent -> xfail, misspelt -> fail.
@@ -82,8 +103,9 @@ REQUIRED_SERVICES = {"migrate", "feedback", "conversations", "trainer", "api", "
 REQUIRED_ALERTS = {
     "LearnloopConsumerLagGrowing", "LearnloopConsumerStalled", "LearnloopConsumerStopped", "LearnloopDriftStorm",
     "LearnloopDeadLetterRate", "LearnloopTrainingFailures", "LearnloopModelStale", "LearnloopTargetDown",
+    "LearnloopApiErrors", "LearnloopApiSlow",
 }
-REQUIRED_DASHBOARDS = {"pipeline", "learners", "lag", "training"}
+REQUIRED_DASHBOARDS = {"pipeline", "learners", "lag", "training", "gateway"}
 # Values that must come from the operator: `${NAME:?...}` in the compose file, never a default.
 SECRETS = {"LEARNLOOP_SNAPSHOT__KEY", "POSTGRES_PASSWORD", "NEO4J_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
 TEST_ENV = {name: f"test-secret-{name.lower()}-0123456789" for name in SECRETS}

@@ -21,8 +21,8 @@ UNMATCHED = "unmatched"
 class ApiMetrics:
     """Request counts and latency by route and status; events produced by topic, rejected by reason."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "learnloop_api_requests",
             "HTTP requests answered, by route template, method and status code.",
