@@ -62,9 +62,22 @@ def main() -> None:
         raise
 
 
+# Library loggers whose INFO lines are routine for us. aiokafka's subscription state says "Updating
+# subscribed topics" on every assign(): the lag reader assigns a fresh probe consumer on every sample
+# (every few seconds in the exporter, on every /v1/lag poll in the gateway).
+QUIET_AT_INFO = ("aiokafka.consumer.subscription_state",)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_library_loggers(level)
+
+
+def quiet_library_loggers(level: str) -> None:
+    """Raise the routine library loggers to WARNING, unless ``level`` is debug (then everything shows)."""
+    for name in QUIET_AT_INFO:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
