@@ -6,6 +6,7 @@ shipped MiniLM for a few steps, real broker for the announcement.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Iterator
@@ -208,3 +209,17 @@ def test_a_drift_request_trains_on_every_learner_of_the_model_a_manual_one_on_th
     assert trainer.learners_for(drift) == ["a", "b"]
     assert trainer.learners_for(request("m")) == ["a", "b"]
     assert trainer.learners_for(request("m", learner="b")) == ["b"]
+
+
+async def test_a_job_whose_trainer_died_once_too_often_counts_as_failed(rig: Rig) -> None:
+    rig.config = TrainerConfig(settle_s=0, stale_after_s=0.05, max_attempts=1)
+    trainer = rig.trainer()
+    trainer.metrics = TrainerMetrics(CollectorRegistry())
+    job = trainer.intake(request())
+    assert rig.jobs.claim_next("a-trainer-that-dies") is not None
+    await asyncio.sleep(0.2)  # no heartbeat
+    await trainer.recover()
+    done = rig.jobs.get(job.id)
+    assert done is not None and job_as_dict(done)["outcome"] == TrainingOutcome.FAILED
+    assert trainer.metrics.registry.get_sample_value(
+        "learnloop_training_jobs_total", {"model": "answers-text", "outcome": "failed"}) == 1

@@ -43,8 +43,8 @@ from workers.store.engine import available, writer
 from workers.store.models import JOB_STATUSES, JobRequest, TrainingJob, TrainingOutcome
 
 __all__ = [
-    "DATASET_INVALID_PREFIX", "JobNotFound", "JobStateError", "JobStore", "TrainingJob", "TrainingOutcome",
-    "job_as_dict", "job_outcome", "job_window", "merge_windows",
+    "DATASET_INVALID_PREFIX", "HANDED_ON", "JobNotFound", "JobStateError", "JobStore", "TrainingJob",
+    "TrainingOutcome", "job_as_dict", "job_outcome", "job_window", "merge_windows",
 ]
 
 T = TypeVar("T")
@@ -98,6 +98,8 @@ def _iso(dt: datetime | None) -> str | None:
 
 DATASET_INVALID_PREFIX = "dataset invalid: "
 """How the error of a job failed for its data begins: what tells ``dataset_invalid`` from ``failed``."""
+HANDED_ON = "its requests moved to queued job"
+"""In the error of a stale job whose requests went to the model's queued job: not a failure, its run was lost."""
 
 
 def job_outcome(job: TrainingJob) -> TrainingOutcome | None:
@@ -105,12 +107,16 @@ def job_outcome(job: TrainingJob) -> TrainingOutcome | None:
 
     >>> job_outcome(TrainingJob(status="failed", error="dataset invalid: only 40 samples (need 200)")).value
     'dataset_invalid'
+    >>> job_outcome(TrainingJob(status="failed", error=f"trainer stopped ...; {HANDED_ON} 42")).value
+    'lost'
     >>> job_outcome(TrainingJob(status="queued")) is None
     True
     """
     if job.status == "failed":
-        dataset = (job.error or "").startswith(DATASET_INVALID_PREFIX)
-        return TrainingOutcome.DATASET_INVALID if dataset else TrainingOutcome.FAILED
+        error = job.error or ""
+        if error.startswith(DATASET_INVALID_PREFIX):
+            return TrainingOutcome.DATASET_INVALID
+        return TrainingOutcome.LOST if HANDED_ON in error else TrainingOutcome.FAILED
     if job.status in ("succeeded", "rejected"):
         return TrainingOutcome(job.status)
     return None
@@ -315,7 +321,7 @@ class JobStore:
             queued.updated_at = now
             s.execute(update(JobRequest).where(JobRequest.job_id == job.id).values(job_id=queued.id))
             job.status, job.finished_at = "failed", now
-            job.error = f"{stopped} on attempt {job.attempts}; its requests moved to queued job {queued.id}"
+            job.error = f"{stopped} on attempt {job.attempts}; {HANDED_ON} {queued.id}"
         s.flush()
         return list(stale)
 

@@ -27,7 +27,7 @@ from schemas import ModelUpdate, RetrainRequest
 from streams.metrics import TrainerMetrics, trainer_metrics
 from streams.producer import EventProducer
 from workers.store.datasets import DatasetInvalid
-from workers.store.jobs import DATASET_INVALID_PREFIX, JobStateError, JobStore
+from workers.store.jobs import DATASET_INVALID_PREFIX, JobStateError, JobStore, job_outcome
 from workers.store.models import TrainingJob, TrainingOutcome
 from workers.trainer.config import TrainerConfig
 from workers.trainer.pipeline import TrainingPipeline, trainable_learners
@@ -120,6 +120,8 @@ class Trainer:
         )
         for stale in recovered:
             log.warning("job %s of %s was left running by a dead trainer: now %s", stale.id, stale.model, stale.status)
+            if job_outcome(stale) is TrainingOutcome.FAILED:  # its attempts are used up: nobody runs it again
+                self.metrics.training_jobs.labels(stale.model, TrainingOutcome.FAILED).inc()
 
     def _claim(self) -> TrainingJob | None:
         return self.jobs.claim_next(self.worker_id, settle_s=self.config.settle_s)
