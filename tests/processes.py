@@ -42,12 +42,18 @@ def running(ident: Identity) -> bool:
 
 
 def children(pid: int) -> set[Identity]:
+    """The running children of ``pid``: from each of its threads' ``children`` file, else a scan of /proc."""
+    try:
+        listed = [c for task in (PROC / str(pid) / "task").iterdir() for c in (task / "children").read_text().split()]
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN, or a thread that just ended
+        listed = [e.name for e in PROC.iterdir() if e.name.isdigit()]
+    except OSError:
+        return set()
     out = set()
-    for entry in PROC.iterdir():
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None and st[1] == pid and st[0] not in "ZXx":
-                out.add((int(entry.name), st[2]))
+    for name in listed:
+        st = _stat(int(name))
+        if st is not None and st[1] == pid and st[0] not in "ZXx":
+            out.add((int(name), st[2]))
     return out
 
 

@@ -344,8 +344,15 @@ async def test_exporter_serves_lag_status_and_time_lag(settings: Settings, uniqu
         stop = asyncio.Event()
         task = asyncio.create_task(exporter.run(stop))
         try:
-            await asyncio.sleep(0.5)
-            text = await asyncio.to_thread(scrape, port)
+            # STOP takes a window of samples that see the same committed offset: wait for it, however slow.
+            judged = re.compile(
+                rf'^learnloop_group_status{{(?=[^}}]*group="{group}")(?=[^}}]*status="ERR")[^}}]*}} 1\.0$', re.M
+            )
+            deadline, text = time.monotonic() + 60, ""
+            while not judged.search(text):
+                assert time.monotonic() < deadline, f"the group was not judged ERR within 60 s:\n{text}"
+                await asyncio.sleep(0.1)
+                text = await asyncio.to_thread(scrape, port)
         finally:
             stop.set()
             await task
