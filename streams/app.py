@@ -7,8 +7,10 @@ low-volume topics, where its per-event cost does not matter.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,12 +19,15 @@ import faust
 from mode import Service
 
 from schemas import DeadLetter, DriftEvent, parse_event
-from schemas.errors import InvalidEvent
+from schemas.errors import InvalidEvent, LearnloopError
 from streams.config import KafkaConfig
 from streams.metrics import LoopMetrics
 from streams.topics import TOPIC_SUFFIXES, Topics
 
 log = logging.getLogger(__name__)
+
+EXIT_LOOP_FAILED = 3
+"""Exit code of a worker whose loop stopped on an error it cannot get past; its last error line says which."""
 
 
 def faust_broker_url(kafka: KafkaConfig) -> str:
@@ -69,10 +74,17 @@ class ConsumerLoop(Protocol):
 
 
 class LoopService(Service):
-    """Hosts one of our batch loops (feedback, conversations) inside the Faust worker's lifecycle."""
+    """Hosts one of our batch loops (feedback, conversations) inside the Faust worker's lifecycle.
+
+    A loop that returns from ``run()`` with an exception cannot make progress any more, and a
+    worker that stays up without it would sit idle with work pending. So the failure is logged
+    in one line (with a traceback only for errors we do not raise on purpose), the worker is
+    stopped as a SIGTERM stops it, and ``run_faust`` exits with :data:`EXIT_LOOP_FAILED`.
+    """
 
     def __init__(self, loop: ConsumerLoop, **kwargs: Any) -> None:
         self.loop_impl = loop
+        self.failure: BaseException | None = None
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -84,7 +96,19 @@ class LoopService(Service):
 
     @Service.task
     async def _consume(self) -> None:
-        await self.loop_impl.run()
+        try:
+            await self.loop_impl.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = exc
+            if isinstance(exc, LearnloopError):
+                log.critical("worker stopping: %s", exc)
+            else:
+                log.critical("worker stopping: the loop failed: %r", exc, exc_info=exc)
+            # The path an operator's SIGTERM takes: Faust stops every service in order (the loop
+            # snapshots what it still can), where mode's crash would skip the loop's own stop logic.
+            signal.raise_signal(signal.SIGTERM)
 
     async def on_stop(self) -> None:
         self.loop_impl.request_stop()

@@ -11,7 +11,7 @@ import faust
 from learners.config import LearnersConfig, load_learners_file
 from schemas import DriftEvent
 from streams.admin import ensure_topics
-from streams.app import LoopService, add_drift_agent, create_app
+from streams.app import EXIT_LOOP_FAILED, LoopService, add_drift_agent, create_app
 from streams.consumer import FeedbackConsumer
 from streams.dedup import DedupCache
 from streams.feedback import FeedbackProcessor
@@ -102,6 +102,7 @@ def run_feedback_worker(settings: Settings, *, learners: LearnersConfig | None =
 
 
 def run_faust(app: faust.App, *services: Any, loglevel: str = "info") -> None:
+    """Run the Faust worker until it stops; exit non-zero when a hosted loop stopped it by failing."""
     fw = faust.Worker(
         app,
         *services,
@@ -110,7 +111,12 @@ def run_faust(app: faust.App, *services: Any, loglevel: str = "info") -> None:
         redirect_stdouts=False,
         console_port=0,
     )
-    fw.execute_from_commandline()
+    try:
+        fw.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code in (0, None) and any(getattr(s, "failure", None) is not None for s in services):
+            raise SystemExit(EXIT_LOOP_FAILED) from None
+        raise
 
 
 def _loopback(settings: Settings) -> bool:
