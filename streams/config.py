@@ -81,6 +81,9 @@ class FeedbackConfig(BaseModel):
     orphan_wait_s: float = Field(default=60.0, ge=0, description="how long feedback waits for its prediction")
     orphan_max: int = Field(default=50_000, ge=0, description="orphans held per partition before the oldest go")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # While Redis (or the broker) fails, the loop rewinds to its snapshots and retries with back-off;
+    # after this long without a successful batch it exits non-zero instead, so a supervisor sees it.
+    max_outage_s: float = Field(default=300.0, gt=0, description="seconds of failed retries before the worker exits")
     # Keep every learned sample in the SQL feedback store, for fine-tuning the heavy model.
     store_samples: bool = True
 

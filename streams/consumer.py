@@ -7,12 +7,18 @@ the learner snapshot in Redis, written atomically with the event ids it
 accepted; Kafka's committed offset is written afterwards for lag tools only.
 A worker killed at any point resumes from the last snapshot, replays the
 records after it, and ends in the state of a run that was never killed.
+
+Failures: an outage (Redis, the broker) marks the in-memory state dirty; the loop
+then rewinds every owned partition to its snapshot before it reads again,
+retrying with back-off until the rewind succeeds, and exits after
+``max_outage_s`` of failures. A partition whose snapshot cannot be restored
+(tampered, unreadable) stops the worker with one line that names it. The loop
+never stays up with a partition it does not process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -21,9 +27,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from learners.snapshot import dump_snapshot, load_snapshot
+from learners.snapshot import dump_snapshot, load_snapshot, read_snapshot_meta
 from schemas import Envelope
-from schemas.errors import StoreUnavailable
+from schemas.errors import SnapshotError, SnapshotSignatureError, StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
 from streams.dedup import DedupCache
 from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
@@ -35,6 +41,7 @@ from streams.publisher import ModelPublisher
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
+_OUTAGE = (TimeoutError, StoreUnavailable, KafkaError, OSError)  # rewind to the snapshots, retry with back-off
 
 
 class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -79,6 +86,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_progress = 0.0
         self._prediction_positions: dict[TopicPartition, int] = {}
         self._dirty = False  # in-memory state diverged from the snapshots after a failed step
+        self._unrestored: set[TopicPartition] = set()  # assigned while Redis was away: _rewind restores them
+        self._failure: Exception | None = None  # a partition that cannot be restored: run() raises it
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -116,8 +125,12 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._life.wait_stopped()
         async with self._lock:
             if self._consumer is not None and self.states and not self._dirty:
-                await self._commit_all()
-                self._capture_models(after_snapshot=True)
+                try:
+                    await self._commit_all()
+                except _OUTAGE as exc:
+                    log.error("final snapshot skipped (%s); the next owner resumes from the last one", exc)
+                else:
+                    self._capture_models(after_snapshot=True)
         if self.publisher is not None:
             await self.publisher.stop()
         if self._consumer is not None:
@@ -138,10 +151,18 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:
             mine = [tp for tp in revoked if tp in self.states]
-            if mine and not self._dirty:
-                await self._flush_samples()
-            for tp in mine if not self._dirty else []:
-                await self._commit_partition(tp)
+            self._unrestored.difference_update(revoked)
+            try:
+                if mine and not self._dirty:
+                    await self._flush_samples()
+                for tp in mine if not self._dirty else []:
+                    await self._commit_partition(tp)
+            except _OUTAGE as exc:
+                # aiokafka would swallow this and the partitions would stay in self.states, snapshotted
+                # later over their new owner's. Released all the same: the new owner resumes from the
+                # last snapshot; what stays here is rewound to its own.
+                log.error("snapshot on release failed (%s); the new owner resumes from the last snapshot", exc)
+                self._dirty = True
             for tp in mine:
                 del self.states[tp]
                 self.store.forget(tp.topic, tp.partition)
@@ -154,16 +175,20 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.info("released partitions %s", sorted(tp.partition for tp in mine))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        # aiokafka logs and swallows what a listener raises, leaving the partition assigned and unread.
+        # So nothing escapes: an outage leaves the partition to _rewind, anything else stops the worker.
         async with self._lock:
             for tp in assigned:
                 if tp.topic != self.topics.feedback:
                     continue
-                state = await self._restore(tp)
-                self.states[tp] = state
-                if state.offset >= 0:
-                    self.consumer.seek(tp, state.next_offset)
-                else:
-                    await self._seek_reset(tp)
+                try:
+                    await self._resume(tp)
+                except _OUTAGE as exc:
+                    log.error("cannot restore %s:%d yet (%s); retrying", tp.topic, tp.partition, exc)
+                    self._unrestored.add(tp)
+                    self._dirty = True
+                except Exception as exc:
+                    await self._fail(tp, exc)
             if assigned:
                 log.info("assigned %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(assigned)))
 
@@ -173,15 +198,29 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         else:
             await self.consumer.seek_to_end(tp)
 
+    async def _resume(self, tp: TopicPartition) -> None:
+        """Restore ``tp`` from its snapshot and seek to where the snapshot ends."""
+        state = await self._restore(tp)
+        self.states[tp] = state
+        self._unrestored.discard(tp)
+        if state.offset >= 0:
+            self.consumer.seek(tp, state.next_offset)
+        else:
+            await self._seek_reset(tp)
+
     async def _restore(self, tp: TopicPartition) -> PartitionState:
         await self.store.warm(tp.topic, tp.partition)
         blob = await self.store.load(tp.topic, tp.partition)
         if blob is None:
             self._learned.forget(tp.topic, tp.partition)
             return PartitionState(tp.topic, tp.partition)
-        state, meta = load_snapshot(blob, key=self.snapshot_key)  # SnapshotError stops the worker
-        if not isinstance(state, PartitionState):
-            raise TypeError(f"snapshot for {tp} holds {type(state).__name__}, not PartitionState")
+        try:
+            state, meta = load_snapshot(blob, key=self.snapshot_key)
+            if not isinstance(state, PartitionState):
+                raise SnapshotError(f"the snapshot holds {type(state).__name__}, not PartitionState")
+        except SnapshotError as exc:
+            where = f"cannot restore {tp.topic} partition {tp.partition}{_learners_named(blob)}"
+            raise type(exc)(f"{where}: {exc}") from exc
         self._learned.restored(tp.topic, tp.partition, state.slots)
         self.metrics.snapshot_restored(tp.topic, tp.partition, meta.created_at)
         log.info(
@@ -198,9 +237,13 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._run()
 
     async def _run(self) -> None:
-        delay = 0.5
+        delay, failing_since = 0.5, None
         while not self._life.stopping:
+            if self._failure is not None:
+                raise self._failure
             try:
+                if self._dirty:  # before reading on: a rewind that failed is retried here until it succeeds
+                    await self._rewind()
                 batch = await self.consumer.getmany(
                     timeout_ms=self.config.batch_timeout_ms, max_records=self.config.batch_max_records
                 )
@@ -208,16 +251,22 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 # stop() waits on the lock the step holds.
                 await asyncio.shield(asyncio.ensure_future(self._step(batch)))
                 await self._maybe_publish_progress()
-                delay = 0.5
-            except (TimeoutError, StoreUnavailable, KafkaError, OSError) as exc:
+                delay, failing_since = 0.5, None
+            except _OUTAGE as exc:
                 self._dirty = True
                 if self._life.stopping:
                     break  # stop() snapshots nothing while dirty; the next owner resumes from the last snapshot
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                left = self.config.max_outage_s - (now - failing_since)
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"{exc}; still failing after {now - failing_since:.0f}s (LEARNLOOP_FEEDBACK__MAX_OUTAGE_S="
+                        f"{self.config.max_outage_s:g}): exiting, a restart resumes from the last snapshot"
+                    ) from exc
                 log.error("%s; pausing %.1fs, then resuming from the last snapshot (nothing is lost)", exc, delay)
-                await self._life.pause(delay)
+                await self._life.pause(min(delay, left))
                 delay = min(delay * 2, 30.0)
-                with contextlib.suppress(StoreUnavailable, KafkaError, OSError, asyncio.TimeoutError):
-                    await self._rewind()
 
     async def _step(self, batch: dict[TopicPartition, list[Any]]) -> None:
         async with self._lock:
@@ -242,15 +291,20 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self.publisher.capture(self.states.values(), after_snapshot=after_snapshot)
 
     async def _rewind(self) -> None:
-        """Drop in-memory progress and resume every owned partition from its stored snapshot."""
+        """Drop in-memory progress and resume every owned partition from its stored snapshot.
+
+        Raises what fails, with the state still dirty: the loop retries it. A snapshot that cannot
+        be restored any more stops the worker, as at assignment.
+        """
         async with self._lock:
-            for tp in list(self.states):
-                state = await self._restore(tp)
-                self.states[tp] = state
-                if state.offset >= 0:
-                    self.consumer.seek(tp, state.next_offset)
-                else:
-                    await self._seek_reset(tp)
+            for tp in [*self.states, *sorted(self._unrestored)]:
+                try:
+                    await self._resume(tp)
+                except _OUTAGE:
+                    raise
+                except Exception as exc:
+                    await self._fail(tp, exc)
+                    raise
             for tp in list(self._prediction_positions):
                 committed = await self.consumer.committed(tp)
                 if committed is not None:
@@ -350,7 +404,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 key=self.snapshot_key,
                 n_seen=n_seen,
                 offsets={f"{tp.topic}:{tp.partition}": state.next_offset},
-                extra={"counters": dict(state.counters)},
+                # The learners' names, readable without the key: a snapshot that fails to load is named by them.
+                extra={"counters": dict(state.counters), "learners": sorted(state.slots)},
             )
             await self.store.commit(
                 tp.topic,
@@ -390,3 +445,35 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.config.group_id, tp.topic, tp.partition,
                 position=state.next_offset, highwater=hw, counters=state.counters,
             )
+
+    # -- failures ------------------------------------------------------------------------
+
+    async def _fail(self, tp: TopicPartition, exc: Exception) -> None:
+        """``tp`` cannot be restored: run() raises ``exc``; the reason goes where lag views read progress."""
+        if not isinstance(exc, SnapshotError):
+            log.error("cannot restore %s partition %d: %r", tp.topic, tp.partition, exc)
+        if self._failure is None:
+            self._failure = exc
+        reason = (
+            "snapshot_signature" if isinstance(exc, SnapshotSignatureError)
+            else "snapshot_unreadable" if isinstance(exc, SnapshotError) else "restore_failed"
+        )
+        try:
+            committed = await self.consumer.committed(tp)
+            await self.store.publish_failure(
+                self.config.group_id, tp.topic, tp.partition,
+                position=committed or 0, reason=reason, message=str(exc),
+            )
+        except _OUTAGE as publish_exc:
+            log.warning("could not record why %s:%d stopped (%s)", tp.topic, tp.partition, publish_exc)
+
+
+def _learners_named(blob: bytes) -> str:
+    """' (learner a, b)' from a snapshot's header, unverified and for messages only; '' when unreadable."""
+    try:
+        names = read_snapshot_meta(blob).extra.get("learners")
+    except SnapshotError:
+        return ""
+    if not isinstance(names, list) or not names:
+        return ""
+    return f" (learner{'s' if len(names) > 1 else ''} {', '.join(str(n) for n in names)})"

@@ -76,3 +76,10 @@ class DedupCache:
         await self.inner.publish_progress(
             group, topic, partition, position=position, highwater=highwater, counters=counters
         )
+
+    async def publish_failure(
+        self, group: str, topic: str, partition: int, *, position: int, reason: str, message: str
+    ) -> None:
+        await self.inner.publish_failure(
+            group, topic, partition, position=position, reason=reason, message=message
+        )

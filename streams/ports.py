@@ -60,6 +60,16 @@ class PartitionStateStore(Protocol):
         counters: Mapping[str, int] | None = None,
     ) -> None: ...
 
+    async def publish_failure(
+        self, group: str, topic: str, partition: int, *, position: int, reason: str, message: str
+    ) -> None:
+        """Record, where lag views read progress, why the partition stopped being processed.
+
+        ``reason`` is a short tag (``snapshot_signature``, ...), ``message`` the worker's line;
+        the next ``publish_progress`` for the partition clears both.
+        """
+        ...
+
 
 class JoinStore(Protocol):
     """Features stored at prediction time, looked up when the label arrives."""

@@ -278,3 +278,22 @@ async def test_a_stale_heartbeat_outweighs_a_ghost_member() -> None:
     for t in (0.0, 5.0, 10.0):
         v = await m.sample(["g"], now=t)
     assert v.partitions[0].status is Status.STOP
+
+
+async def test_a_failure_the_worker_recorded_stops_the_partition_and_says_why() -> None:
+    b = FakeBroker()
+    b.produce(TP0, 100, 1_000)
+    b.offsets["g"] = {TP0: 10}
+    b.infos["g"] = GroupInfo("g", "Stable", (Member("ghost", "", ""),))  # a member that never left (Tansu)
+    why = "cannot restore t partition 0 (learner sea): snapshot signature does not verify"
+
+    async def progress() -> list[dict[str, Any]]:
+        return [{"group": "g", "topic": "t", "partition": 0, "updated_at": time.time(), "failure": why,
+                 "failure_reason": "snapshot_signature"}]
+
+    m = LagMonitor(b, LagConfig(window=3, heartbeat_timeout_s=60), progress=progress)
+    for t in (0.0, 5.0):
+        v = await m.sample(["g"], now=t)
+    r = v.partitions[0]
+    assert (r.status, r.failure, r.failure_reason) == (Status.STOP, why, "snapshot_signature")
+    assert r.as_json()["failure_reason"] == "snapshot_signature"

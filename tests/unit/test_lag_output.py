@@ -137,3 +137,22 @@ def test_metrics_address_prefers_the_lag_section_when_set() -> None:
     shared = load_settings(metrics={"host": "0.0.0.0", "port": 9300})
     assert metrics_address(shared, LagConfig()) == ("0.0.0.0", 9300)
     assert metrics_address(shared, LagConfig(metrics_port=9200)) == ("0.0.0.0", 9200)
+
+
+def test_a_failed_partition_shows_why_in_the_table_the_json_and_the_metrics() -> None:
+    why = "cannot restore t partition 0 (learner sea): snapshot signature does not verify"
+    failed = row(0, 42, 137, Status.STOP, failure=why, failure_reason="snapshot_signature")
+    view = LagView(1.0, [failed, row(1, None, 20)], [group(Status.ERR)], [])
+    lines = render(view).splitlines()
+    at = lines.index(next(ln for ln in lines if ln.startswith("GROUP") and "STOPPED-BECAUSE" in ln))
+    assert lines[at + 1].split()[:3] == ["g", "t", "0"] and lines[at + 1].endswith(why)
+    assert "STOPPED-BECAUSE" not in render(VIEW)
+    assert view.as_json()["partitions"][0]["failure"] == why
+    assert VIEW.as_json()["partitions"][0]["failure"] is None
+    reg = CollectorRegistry()
+    m = LagMetrics(reg)
+    m.update(view)
+    labels = {"group": "g", "topic": "t", "partition": "0", "reason": "snapshot_signature"}
+    assert reg.get_sample_value("learnloop_partition_failure", labels) == 1
+    m.update(VIEW)  # processed again: the series goes
+    assert reg.get_sample_value("learnloop_partition_failure", labels) is None

@@ -6,7 +6,8 @@ Key layout (``P`` is the configured prefix, ``learnloop:`` by default)::
     P dedup:{topic}:{partition}       ZSET event_id -> sequence, trimmed to the window
     P learner:{name}                  JSON status of a learner, written with its snapshot
     P learners                        SET of learner names
-    P progress:{group}:{topic}:{p}    HASH position, highwater, updated_at (for lag views)
+    P progress:{group}:{topic}:{p}    HASH position, highwater, updated_at (for lag views); failure,
+                                      failure_reason, failed_at while the worker stopped on the partition
     P pred:{prediction_id}            a PredictionEvent's JSON, expiring after the join TTL
 
 The snapshot, the dedup ids and the statuses go in one MULTI/EXEC, so after a
@@ -55,6 +56,9 @@ if #args > 0 then redis.call("ZADD", key, unpack(args)) end
 redis.call("ZREMRANGEBYRANK", key, 0, -(window + 1))
 return n
 """
+
+
+_FAILURE_FIELDS = ("failure", "failure_reason", "failed_at")
 
 
 def _as_bytes(v: bytes | str) -> bytes:
@@ -141,6 +145,18 @@ class RedisStore:
             mapping["counters"] = json.dumps(dict(counters))
         if highwater is not None:
             mapping["highwater"] = highwater
+        key = self._k("progress", group, topic, partition)
+        async with _reachable("progress"), self.r.pipeline(transaction=False) as p:
+            p.hset(key, mapping=mapping)  # type: ignore[arg-type]
+            p.hdel(key, *_FAILURE_FIELDS)  # processed again: whatever stopped it before is over
+            await p.execute()
+
+    async def publish_failure(
+        self, group: str, topic: str, partition: int, *, position: int, reason: str, message: str
+    ) -> None:
+        now = time.time()
+        mapping = {"position": position, "updated_at": now, "failure": message, "failure_reason": reason,
+                   "failed_at": now}
         async with _reachable("progress"):
             await self.r.hset(self._k("progress", group, topic, partition), mapping=mapping)  # type: ignore[arg-type]
 
@@ -200,5 +216,7 @@ class RedisStore:
             row["lag"] = max(0, row["highwater"] - row["position"]) if row["highwater"] is not None else None
             row["updated_at"] = float(h["updated_at"])
             row["counters"] = json.loads(h.get("counters", "{}"))
+            row["failure"] = h.get("failure")
+            row["failure_reason"] = h.get("failure_reason")
             out.append(row)
         return sorted(out, key=lambda r: (r["group"], r["topic"], r["partition"]))

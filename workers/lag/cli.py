@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PARTITION_COLUMNS = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST",
                      "CLIENT-ID", "TIME-LAG", "STATUS")
 GROUP_COLUMNS = ("GROUP", "STATUS", "STATE", "MEMBERS", "PARTITIONS", "TOTAL-LAG", "MAX-TIME-LAG")
+FAILURE_COLUMNS = ("GROUP", "TOPIC", "PARTITION", "STOPPED-BECAUSE")
 LEARNER_COLUMNS = ("LEARNER", "TOPIC", "PARTITION", "LAST-EVENT-AT", "NEWEST-EVENT-AT", "BEHIND", "FRESHNESS")
 
 
@@ -102,6 +103,9 @@ def render(view: LagView) -> str:
              _secs(f.freshness_s) + (" STALE" if f.stale else ""))
             for f in view.learners
         ]))
+    failed = [r for r in view.partitions if r.failure]
+    if failed:
+        parts.append(_table(FAILURE_COLUMNS, [(r.group, r.topic, r.partition, r.failure) for r in failed]))
     if any(g.members for g in view.groups) and not any(r.consumer_id for r in view.partitions):
         parts.append("(the broker reports no partition assignments: CONSUMER-ID, HOST and CLIENT-ID show '-')")
     return "\n\n".join(parts)

@@ -9,6 +9,8 @@ Metrics (labels in braces)::
     learnloop_consumer_status{group,topic,partition,status}   1 for the current Burrow status, 0 for the others
     learnloop_consumer_status_code{group,topic,partition}     the same as a number: OK 1, WARN 2, STOP 4,
                                                               STALL 5, REWIND 6 (Burrow's constants)
+    learnloop_partition_failure{group,topic,partition,reason} 1 while the partition's worker has stopped on it
+                                                              (snapshot_signature, snapshot_unreadable, ...)
     learnloop_group_status{group,status}                      1 for OK, WARN or ERR, 0 for the other two
     learnloop_group_status_code{group}                        OK 1, WARN 2, ERR 3
     learnloop_group_lag{group}                                total records behind
@@ -90,6 +92,10 @@ class LagMetrics:
         self.status_code = gauge(
             "learnloop_consumer_status_code", "Burrow status: OK 1, WARN 2, STOP 4, STALL 5, REWIND 6", _PART
         )
+        self.failure = gauge(
+            "learnloop_partition_failure", "1 while the partition's worker has stopped on it, by reason",
+            [*_PART, "reason"],
+        )
         self.group_status = gauge("learnloop_group_status", "1 for the group's current status", ["group", "status"])
         self.group_status_code = gauge("learnloop_group_status_code", "Group status: OK 1, WARN 2, ERR 3", ["group"])
         self.group_lag = gauge("learnloop_group_lag", "Records behind, all partitions of the group", ["group"])
@@ -102,13 +108,16 @@ class LagMetrics:
         )
         self.errors = Counter("learnloop_lag_exporter_errors", "Samples that failed", registry=r)
         self._all = [self.lag, self.lag_seconds, self.committed, self.log_end, self.status, self.status_code,
-                     self.group_status, self.group_status_code, self.group_lag, self.freshness, self.stale]
+                     self.failure, self.group_status, self.group_status_code, self.group_lag, self.freshness,
+                     self.stale]
 
     def update(self, view: LagView) -> None:
         for row in view.partitions:
             part = (row.group, row.topic, row.partition)
             if row.log_end_offset is not None:
                 self.log_end.set((row.topic, row.partition), row.log_end_offset)
+            if row.failure_reason is not None:
+                self.failure.set((*part, row.failure_reason), 1.0)
             if row.current_offset is None:
                 continue
             self.committed.set(part, row.current_offset)

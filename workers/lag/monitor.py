@@ -47,6 +47,8 @@ class PartitionRow:
     client_id: str | None
     time_lag_s: float | None
     status: Status
+    failure: str | None = None  # why the worker stopped processing the partition, in its words
+    failure_reason: str | None = None  # the same as a short tag (snapshot_signature, ...)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class PartitionRow:
             "current_offset": self.current_offset, "log_end_offset": self.log_end_offset, "lag": self.lag,
             "consumer_id": self.consumer_id, "host": self.host, "client_id": self.client_id,
             "time_lag_s": self.time_lag_s, "status": self.status.value,
+            "failure": self.failure, "failure_reason": self.failure_reason,
         }
 
 
@@ -99,7 +102,8 @@ class LagMonitor:
     partitions show (with LAG "-") before anything is committed. ``progress``
     reads the heartbeats workers publish to Redis: where a (group, partition) has
     one, it decides whether a live consumer is committing (see status.py), not
-    the group's membership. ``time_lag``
+    the group's membership; where the worker recorded a failure instead, the
+    partition is not live and its row says why. ``time_lag``
     picks the method: ``"interpolated"`` from the offset history, the exact
     record timestamp where the history must extrapolate; ``"record"`` the
     record timestamp first (one extra fetch per lagging partition), the history
@@ -155,14 +159,14 @@ class LagMonitor:
             self.histories.setdefault(tp, OffsetHistory(self.config.history)).add(now, pr.log_end)
 
         record_ts = await self._record_timestamps(shown, committed, positions, probes)
-        beats = await self._heartbeats()
+        beats, failures = await self._heartbeats()
         rows: list[PartitionRow] = []
         group_rows: list[GroupRow] = []
         for g, tps in shown.items():
             info = infos.get(g) or GroupInfo(g, "Unknown")
             g_rows = [
                 self._row(g, tp, info, self._live(info, beats.get((g, tp)), tp), committed[g][tp], probes.get(tp),
-                          record_ts.get((g, tp)), now)
+                          record_ts.get((g, tp)), now, failures.get((g, tp)))
                 for tp in tps
             ]
             rows.extend(g_rows)
@@ -233,6 +237,7 @@ class LagMonitor:
         probe: Probe | None,
         record_ts_ms: int | None,
         now: float,
+        failure: tuple[str, str] | None = None,
     ) -> PartitionRow:
         log_end = probe.log_end if probe is not None else None
         lag = max(0, log_end - committed) if log_end is not None and committed is not None else None
@@ -248,6 +253,8 @@ class LagMonitor:
             client_id=(owner.client_id or None) if owner else None,
             time_lag_s=self._time_lag(tp, committed, lag, record_ts_ms, now),
             status=window.status(now),
+            failure=failure[1] if failure else None,
+            failure_reason=failure[0] if failure else None,
         )
 
     def _live(self, info: GroupInfo, beat: float | None, tp: TopicPartition) -> bool:
@@ -305,15 +312,24 @@ class LagMonitor:
         for tp in [tp for tp in self.histories if tp not in positions]:
             del self.histories[tp]
 
-    async def _heartbeats(self) -> dict[tuple[str, TopicPartition], float]:
+    async def _heartbeats(
+        self,
+    ) -> tuple[dict[tuple[str, TopicPartition], float], dict[tuple[str, TopicPartition], tuple[str, str]]]:
+        """Heartbeats by (group, partition), and the (reason, message) of partitions their worker gave up."""
         beats: dict[tuple[str, TopicPartition], float] = {}
+        failures: dict[tuple[str, TopicPartition], tuple[str, str]] = {}
         for row in await self.progress() if self.progress is not None else []:
             try:
                 key = (str(row["group"]), TopicPartition(str(row["topic"]), int(row["partition"])))
-                beats[key] = float(row["updated_at"])
+                if row.get("failure"):
+                    # The worker stopped on this partition: no longer a heartbeat, whatever its age.
+                    failures[key] = (str(row.get("failure_reason") or "failed"), str(row["failure"]))
+                    beats[key] = 0.0
+                else:
+                    beats[key] = float(row["updated_at"])
             except (KeyError, TypeError, ValueError):
                 log.debug("ignoring a malformed progress row %r", row)
-        return beats
+        return beats, failures
 
     async def _learner_statuses(self) -> list[dict[str, Any]]:
         return await self.learners() if self.learners is not None else []
