@@ -237,7 +237,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._run()
 
     async def _run(self) -> None:
-        delay, failing_since = 0.5, None
+        delay, failing_since, resumed_at = 0.5, None, 0.0
         while not self._life.stopping:
             if self._failure is not None:
                 raise self._failure
@@ -251,7 +251,8 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 # stop() waits on the lock the step holds.
                 await asyncio.shield(asyncio.ensure_future(self._step(batch)))
                 await self._maybe_publish_progress()
-                delay, failing_since = 0.5, None
+                if failing_since is not None and self._recovered(resumed_at):
+                    delay, failing_since = 0.5, None
             except _OUTAGE as exc:
                 self._dirty = True
                 if self._life.stopping:
@@ -267,6 +268,16 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.error("%s; pausing %.1fs, then resuming from the last snapshot (nothing is lost)", exc, delay)
                 await self._life.pause(min(delay, left))
                 delay = min(delay * 2, 30.0)
+                resumed_at = time.monotonic()
+
+    def _recovered(self, resumed_at: float) -> bool:
+        """Whether an outage is over: a batch going through is not enough when reads work and writes fail.
+
+        Over once a snapshot was committed since the loop resumed, or once it ran a snapshot interval
+        without failing: anything consumed meanwhile would have been snapshotted at once (the last
+        snapshot is older than the interval), so there was nothing to write.
+        """
+        return self._last_snapshot > resumed_at or time.monotonic() - resumed_at >= self.config.snapshot_every_s
 
     async def _step(self, batch: dict[TopicPartition, list[Any]]) -> None:
         async with self._lock:
