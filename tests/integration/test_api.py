@@ -119,7 +119,7 @@ async def test_invalid_batches_produce_nothing_and_valid_events_arrive_keyed(
         ids = res.json()["event_ids"]
         # On feedback, one more than sent: the read waits out its timeout, proving the rejected batch left nothing.
         expect = len(items) + 1 if topic == topics.feedback else len(items)
-        records = await read_topic(settings.kafka, topic, expect=expect, timeout=4 if expect > len(items) else 20)
+        records = await read_topic(settings.kafka, topic, expect=expect, timeout=4 if expect > len(items) else 60)
         events = [parse_event(r.value, model) for r in records]
         assert sorted(str(e.event_id) for e in events) == sorted(ids)
         assert all(r.key == contract_key(e) for r, e in zip(records, events, strict=True))

@@ -167,7 +167,7 @@ async def test_label_joins_the_features_of_its_prediction(settings: Settings, ru
         return st.get("rated", {}).get("n_learned") == 1
 
     await wait_for(joined, what="the joined feedback to be learned")
-    dead = await read_topic(settings.kafka, Topics(settings.kafka.topic_prefix).deadletter, expect=1, timeout=10)
+    dead = await read_topic(settings.kafka, Topics(settings.kafka.topic_prefix).deadletter, expect=1, timeout=60)
     reasons = [parse_event(r.value, DeadLetter).reason for r in dead]  # type: ignore[attr-defined]
     assert reasons == ["orphaned"]
 

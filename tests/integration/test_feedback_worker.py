@@ -61,7 +61,7 @@ async def test_system_equals_river_in_process(settings: Settings, store: RedisSt
     try:
         await produce(settings, events)
         await wait_for(lambda: _at(store, len(events)), timeout=120, what="all events learned")
-        await wait_for(lambda: _snapshotted(store, len(events)), timeout=10, what="final snapshot")
+        await wait_for(lambda: _snapshotted(store, len(events)), timeout=60, what="final snapshot")
         [status] = cli_json(env, "learners", "--json")
     finally:
         assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
@@ -90,7 +90,7 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
                 await produce(settings, events[8000:])  # more arrives while it is down
             worker = start_worker(env, tmp_path / f"worker-{kills + 1}.log")
         await wait_for(lambda: _at(store, len(events)), timeout=120, what="all events learned")
-        await wait_for(lambda: _snapshotted(store, len(events)), timeout=10, what="final snapshot")
+        await wait_for(lambda: _snapshotted(store, len(events)), timeout=60, what="final snapshot")
         [status] = cli_json(env, "learners", "--json")
     finally:
         stop_worker(worker)
@@ -127,7 +127,7 @@ async def test_a_redis_crash_pauses_the_worker_and_loses_nothing(settings: Setti
            "LEARNLOOP_FEEDBACK__SNAPSHOT_EVERY_EVENTS": "1000"}
     log = tmp_path / "worker.log"
     try:
-        await wait_for(lambda: _pong(store), timeout=10, what="Redis up")
+        await wait_for(lambda: _pong(store), timeout=60, what="Redis up")
         await produce(settings, events[:3000])
         worker = start_worker(env, log)
         try:
@@ -138,7 +138,7 @@ async def test_a_redis_crash_pauses_the_worker_and_loses_nothing(settings: Setti
             await asyncio.sleep(3)
             assert worker.poll() is None, log.read_text()[-3000:]  # paused, not dead
             redis_proc = redis_with_aof(port, data)  # back, with every commit it acknowledged
-            await wait_for(lambda: _pong(store), timeout=10, what="Redis back")
+            await wait_for(lambda: _pong(store), timeout=60, what="Redis back")
             await wait_for(lambda: _at(store, len(events)), timeout=120, what="all events learned")
             [status] = cli_json(env, "learners", "--json")
         finally:

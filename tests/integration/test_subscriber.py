@@ -103,7 +103,7 @@ async def test_catches_up_to_the_latest_version_then_follows(settings: Settings,
         settings.kafka, {MODEL: "champion"}, loader=loader, on_swap=lambda name, u: swaps.append((name, u.version))
     )
     async with sub:
-        served = await sub.wait_ready(MODEL, timeout=15)
+        served = await sub.wait_ready(MODEL, timeout=60)
         assert served.version == "3"
         assert loader.loaded == ["3"]  # history is replayed, but only the latest version is loaded
         assert sub.predict(MODEL, ["a", "b"]) == [("3", True, 0)] * 2
@@ -122,7 +122,7 @@ async def test_ignores_older_versions_other_models_other_aliases_and_bad_records
     await publish(update(5))
     loader = StandInLoader()
     async with ModelSubscriber(settings.kafka, {MODEL: "champion", "ctr-text": "challenger"}, loader=loader) as sub:
-        await sub.wait_ready(MODEL, timeout=15)
+        await sub.wait_ready(MODEL, timeout=60)
         await publish(
             update(4),  # older than the one served
             update(9, alias="challenger"),  # an alias this app does not follow for this model
@@ -146,13 +146,13 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(settings:
     loader = StandInLoader(broken=frozenset({"2", "4"}))
     async with ModelSubscriber(settings.kafka, {MODEL: "champion"}, loader=loader) as sub:
         # At start there is nothing to keep: the newest loadable announced version serves.
-        assert (await sub.wait_ready(MODEL, timeout=15)).version == "1"
+        assert (await sub.wait_ready(MODEL, timeout=60)).version == "1"
         assert loader.loaded == ["2", "1"]
 
         await publish(update(3))
         await served_version(sub, "3")
         await publish(update(4))
-        await wait_for(lambda: _true(loader.loaded[-1:] == ["4"]), timeout=15, what="version 4 tried")
+        await wait_for(lambda: _true(loader.loaded[-1:] == ["4"]), timeout=60, what="version 4 tried")
         assert sub.predict(MODEL, ["x"]) == [("3", True, 0)]
         assert sub.load_failures == {MODEL: 2}
 
@@ -170,14 +170,14 @@ async def test_predict_before_anything_is_loaded_raises_model_not_ready(settings
         await ensure_topics(settings.kafka, [sub.topics.model_updates])
         async with EventProducer(settings.kafka) as producer:
             await producer.send(update(1))
-        assert (await sub.wait_ready(MODEL, timeout=15)).version == "1"
+        assert (await sub.wait_ready(MODEL, timeout=60)).version == "1"
 
 
 async def test_concurrent_predictions_never_see_a_half_loaded_model(settings: Settings, publish: Any) -> None:
     await publish(update(1))
     loader = StandInLoader(steps=20, step_s=0.002)
     async with ModelSubscriber(settings.kafka, {MODEL: "champion"}, loader=loader) as sub:
-        await sub.wait_ready(MODEL, timeout=15)
+        await sub.wait_ready(MODEL, timeout=60)
         stop = threading.Event()
         seen: list[list[tuple[str, bool, int]]] = [[] for _ in range(4)]
 
@@ -211,11 +211,11 @@ def test_sync_subscriber_serves_threaded_apps_and_commits_for_lag_tools(settings
         producer.flush()
     group = f"serving-{unique}"
     with SyncModelSubscriber(settings.kafka, {MODEL: "champion"}, loader=StandInLoader(), group_id=group) as sub:
-        assert sub.wait_ready(MODEL, timeout=15).version == "1"
+        assert sub.wait_ready(MODEL, timeout=60).version == "1"
         assert sub.predict(MODEL, ["x"]) == [("1", True, 0)]
         with SyncEventProducer(settings.kafka) as producer:
             producer.send(update(2))
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while sub.get(MODEL).version != "2" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sub.get(MODEL).version == "2"

@@ -20,7 +20,7 @@ from workers.stack.processes import spawn, terminate
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def read_topic(kafka: KafkaConfig, topic: str, *, expect: int, timeout: float = 20.0) -> list[Any]:
+async def read_topic(kafka: KafkaConfig, topic: str, *, expect: int, timeout: float = 60.0) -> list[Any]:
     """Every record of ``topic`` from the beginning, until ``expect`` arrived or ``timeout``."""
     c = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
     await c.start()
