@@ -106,4 +106,4 @@ def test_jobs_shows_the_progress_of_a_running_job(tmp_path: Path, monkeypatch: p
     res = CliRunner().invoke(app, ["jobs"])
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if job.id[:8] in line)
-    assert "running" in row and "train ███████▌░░  75% 45/60" in row
+    assert "running" in row and "train ███████▌░░ 75% 45/60" in row

@@ -9,6 +9,7 @@ to ``.learnloop/logs``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ def say(message: str, *, err: bool = False) -> None:
 
 def _detach_from_terminal() -> None:
     # Later writes, and the interpreter's flush at exit, would fail on a hung-up terminal too.
-    devnull = open("/dev/null", "w")  # noqa: SIM115 - for the rest of the process
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
     sys.stdout, sys.stderr = devnull, devnull
 
 

@@ -90,7 +90,10 @@ def jobs(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("job", "model", "status", "outcome", "reason", "created", "progress", "version", "detail")
+    table = Table("job", "model", "status", "outcome", "reason", "created")
+    table.add_column("progress", no_wrap=True)  # a bar broken over lines reads as nothing
+    table.add_column("version")
+    table.add_column("detail")
     for r in rows:
         result: dict[str, Any] = r.get("result") or {}
         detail = r.get("error") or result.get("reason") or ""
@@ -105,7 +108,7 @@ def progress_cell(progress: dict[str, Any] | None, width: int = 10) -> str:
     """A running job's stage and, while it trains, a bar of its optimizer steps.
 
     >>> progress_cell({"stage": "train", "epoch": 1, "step": 30, "total_steps": 120})
-    'train ██▌░░░░░░░  25% 30/120'
+    'train ██▌░░░░░░░ 25% 30/120'
     >>> progress_cell({"stage": "evaluate"})
     'evaluate'
     """
@@ -118,7 +121,7 @@ def progress_cell(progress: dict[str, Any] | None, width: int = 10) -> str:
     done = min(max(step / total, 0.0), 1.0)
     halves = round(done * width * 2)
     bar = ("█" * (halves // 2) + ("▌" if halves % 2 else "")).ljust(width, "░")
-    return f"{stage} {bar} {done:4.0%} {step}/{total}"
+    return f"{stage} {bar} {done:.0%} {step}/{total}"
 
 
 def models(
