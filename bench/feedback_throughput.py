@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from river import drift, linear_model, metrics, preprocessing
 from river.datasets import synth
 
@@ -39,10 +40,13 @@ from streams.config import FeedbackConfig, KafkaConfig
 from streams.consumer import FeedbackConsumer
 from streams.dedup import DedupCache
 from streams.feedback import BatchResult, FeedbackProcessor, PartitionState
+from streams.metrics import FeedbackMetrics
 from streams.ports import RecordLike
 from streams.producer import EventProducer
+from streams.publisher import ModelPublisher
 from streams.topics import Topics
 from workers.feedback.redis_store import RedisStore
+from workers.serving.model_store import RedisModelStore
 from workers.settings import Settings, load_settings
 from workers.stack.embedded import EmbeddedBroker, EmbeddedRedis
 
@@ -117,7 +121,9 @@ class TimedProcessor(FeedbackProcessor):
         return result
 
 
-def settings_for(bootstrap: str, redis_url: str, tmp: Path, batch: int, samples: bool = True) -> Settings:
+def settings_for(
+    bootstrap: str, redis_url: str, tmp: Path, batch: int, samples: bool = True, publish: bool = True
+) -> Settings:
     u = uuid.uuid4().hex[:10]  # fresh topics, group and Redis keys for every phase
     return load_settings(
         kafka=KafkaConfig(bootstrap_servers=bootstrap, topic_prefix=f"bench{u}.", session_timeout_ms=2000,
@@ -125,7 +131,7 @@ def settings_for(bootstrap: str, redis_url: str, tmp: Path, batch: int, samples:
         redis={"url": redis_url, "key_prefix": f"bench:{u}:"},
         feedback={"group_id": f"bench-{u}", "batch_max_records": batch, "store_samples": samples},
         learners_file=tmp / ("learners-samples.toml" if samples else "learners.toml"), data_dir=tmp / f"data-{u}",
-        snapshot={"key": "bench-snapshot-key-0123456789"},
+        snapshot={"key": "bench-snapshot-key-0123456789"}, serving={"publish": publish},
     )
 
 
@@ -158,16 +164,27 @@ def pct(xs: list[float]) -> dict[str, float]:
     return {"p50": s[len(s) // 2], "p99": s[min(len(s) - 1, int(len(s) * 0.99))], "max": s[-1]}
 
 
-async def run_consumer(s: Settings, n: int, paced: tuple[list[bytes], float] | None = None) -> Result:
-    """A FeedbackConsumer in-process, wired as the integration tests do, until ``n`` events are snapshotted."""
+async def run_consumer(
+    s: Settings, n: int, paced: tuple[list[bytes], float] | None = None, *, publish: bool = False
+) -> Result:
+    """A FeedbackConsumer in-process, wired as the integration tests do, until ``n`` events are snapshotted.
+
+    With ``publish`` it publishes the learner as the worker does (``serving`` settings: every 1 s and
+    after every snapshot, to Redis, announced on the model-update topic).
+    """
     fb = s.feedback
     store = TimedStore(s.redis.url, prefix=s.redis.key_prefix, dedup_window=fb.dedup_window)
     window = DedupCache(store, window=fb.dedup_window)
     processor = TimedProcessor(track=paced is not None, learners=load_learners_file(s.learners_file, required=True),
                                store=window, joins=store, source="bench", join_ttl_s=fb.join_ttl_s,
                                orphan_wait_s=fb.orphan_wait_s, orphan_max=fb.orphan_max, collect_samples=False)
-    consumer = FeedbackConsumer(kafka=s.kafka, config=fb, processor=processor, store=window,
-                                snapshot_key=s.snapshot.key.get_secret_value().encode())
+    metrics = FeedbackMetrics(CollectorRegistry())
+    key = s.snapshot.key.get_secret_value().encode()
+    models = RedisModelStore.from_config(s.redis, s.serving) if publish else None
+    publisher = None if models is None else ModelPublisher(store=models, snapshot_key=key, source="bench",
+                                                           config=s.serving, metrics=metrics)  # fmt: skip
+    consumer = FeedbackConsumer(kafka=s.kafka, config=fb, processor=processor, store=window, snapshot_key=key,
+                                metrics=metrics, publisher=publisher)  # fmt: skip
     await ensure_topics(s.kafka, consumer.topics.all())
     gc.collect()
     t_start = time.time()
@@ -189,6 +206,8 @@ async def run_consumer(s: Settings, n: int, paced: tuple[list[bytes], float] | N
     await task
     await consumer.stop()  # snapshots what the last periodic snapshot did not cover
     await store.close()
+    if models is not None:
+        await models.close()
     if producer is not None:
         producer.join(30)
     t_end, c_end = next((t, c) for t, c, _, k in store.commits if k >= n)  # the first snapshot with every event
@@ -197,6 +216,12 @@ async def run_consumer(s: Settings, n: int, paced: tuple[list[bytes], float] | N
     out: Result = {"events_per_s": n / (t_end - t_first), "with_join_events_per_s": n / (t_end - t_start),
                    "cpu_us_per_event": (c_end - c_first) / n * 1e6, "join_s": t_first - t_start,
                    "snapshots": len(store.commits)}
+    if publish:
+        published = metrics.registry.get_sample_value(
+            "learnloop_model_publications_total", {"learner": "sea", "outcome": "published"}) or 0.0
+        captures = metrics.registry.get_sample_value("learnloop_publish_capture_seconds_count") or 0.0
+        capture_s = metrics.registry.get_sample_value("learnloop_publish_capture_seconds_sum") or 0.0
+        out.update(publications=int(published), capture_ms=capture_s / captures * 1000 if captures else 0.0)
     if paced is not None:
         done = sorted(processor.done)
         durable, i = [], 0
@@ -222,6 +247,7 @@ def worker_env(s: Settings) -> dict[str, str]:
         "FEEDBACK__SNAPSHOT_EVERY_S": fb.snapshot_every_s, "FEEDBACK__SNAPSHOT_EVERY_EVENTS": fb.snapshot_every_events,
         "FEEDBACK__BATCH_MAX_RECORDS": fb.batch_max_records, "FEEDBACK__BATCH_TIMEOUT_MS": fb.batch_timeout_ms,
         "FEEDBACK__STORE_SAMPLES": fb.store_samples, "SNAPSHOT__KEY": s.snapshot.key.get_secret_value(),
+        "SERVING__PUBLISH": s.serving.publish,
         "LEARNERS_FILE": s.learners_file, "DATA_DIR": s.data_dir}.items()})
     return {**env, "PYTHONUNBUFFERED": "1"}
 
@@ -287,8 +313,8 @@ def main(args: argparse.Namespace) -> Result:
         redis_url = pick_redis(args.redis_url, stack)
         stack.callback(clean_redis, redis_url, prefixes)
 
-        def fresh(samples: bool = False) -> Settings:
-            s = settings_for(broker.bootstrap_servers, redis_url, tmp, args.batch, samples)
+        def fresh(samples: bool = False, publish: bool = True) -> Settings:
+            s = settings_for(broker.bootstrap_servers, redis_url, tmp, args.batch, samples, publish)
             prefixes.append(s.redis.key_prefix)
             return s
 
@@ -296,13 +322,17 @@ def main(args: argparse.Namespace) -> Result:
         del stream  # only the bytes stay alive: the phases below should not pay GC for our fixtures
         gc.collect()
         gc.freeze()  # as the worker does after start-up (streams/app.py); the baseline runs with it too
-        bases, runs = [], []
+        bases, runs, published = [], [], []
         for _ in range(args.repeat):  # interleaved, best of each: the machine's load drifts during a run
             bases.append(baseline(raws, learners))
             s = fresh()
             res["produce_events_per_s"] = max(res.get("produce_events_per_s", 0.0), asyncio.run(produce(s, raws)))
             runs.append(asyncio.run(run_consumer(s, n)))
+            asyncio.run(produce(s := fresh(), raws))
+            published.append(asyncio.run(run_consumer(s, n, publish=True)))
         res["baseline_runs"], res["whole_path_runs"] = [b for b, _ in bases], [r["events_per_s"] for r in runs]
+        res["publishing_runs"] = [r["events_per_s"] for r in published]
+        res["publishing"] = max(published, key=lambda r: r["events_per_s"])
         res["baseline_events_per_s"] = base = max(b for b, _ in bases)
         res["whole_path"] = max(runs, key=lambda r: r["events_per_s"])
         # This process's CPU time per event (broker and Redis excluded): steadier than wall time on a busy machine.
@@ -315,8 +345,10 @@ def main(args: argparse.Namespace) -> Result:
         latency = asyncio.run(run_consumer(fresh(), m, (raws[:m], args.rate)))
         keep = ("produced_per_s", "latency_ms", "durable_latency_ms", "snapshots")
         res["latency"] = {"rate": args.rate, "events": m, **{k: latency[k] for k in keep}}
-        for name, samples in [] if args.skip_worker else [("worker", True), ("worker_no_samples", False)]:
-            asyncio.run(produce(s := fresh(samples), raws))  # the default (store_samples on) and without the SQL sink
+        phases = [("worker", True, True), ("worker_no_samples", False, True), ("worker_no_publication", True, False)]
+        for name, samples, publish in [] if args.skip_worker else phases:
+            # the default (samples stored, learners published), without the SQL sink, without publication
+            asyncio.run(produce(s := fresh(samples, publish), raws))
             res[name] = asyncio.run(run_worker(s, n, tmp / "worker.log"))
     return res
 
@@ -330,8 +362,10 @@ def table(r: Result) -> Iterator[str]:
             (f"baseline: decode + target + OnlineLearner, in-process (best of {len(r['baseline_runs'])})", base),
             ("produce: EventProducer.send_raw, acks=all", r["produce_events_per_s"]),
             ("whole path, in-process consumer: 1st batch -> snapshot (best)", r["whole_path"]["events_per_s"]),
-            ("whole path, in-process consumer: start() -> snapshot", r["whole_path"]["with_join_events_per_s"])]
-    for key, what in (("worker", "SQL samples on"), ("worker_no_samples", "store_samples=false")):
+            ("whole path, in-process consumer: start() -> snapshot", r["whole_path"]["with_join_events_per_s"]),
+            ("whole path, in-process consumer, publishing the learner (best)", r["publishing"]["events_per_s"])]
+    for key, what in (("worker", "SQL samples on"), ("worker_no_samples", "store_samples=false"),
+                      ("worker_no_publication", "serving.publish=false")):
         if key in r:
             rows += [(f"worker process ({what}): first status -> all", r[key]["steady_events_per_s"]),
                      (f"worker process ({what}): process start -> all", r[key]["events_per_s"])]
@@ -343,6 +377,11 @@ def table(r: Result) -> Iterator[str]:
     yield (f"CPU time per event in this process: baseline {r['baseline_cpu_us']:.1f} us, whole path "
            f"{r['whole_path_cpu_us']:.1f} us (ratio {r['cpu_ratio']:.2f}; broker and Redis not counted)")
     yield f"ratio whole path / baseline: {r['ratio']:.2f} ({'meets' if r['ratio'] >= 0.5 else 'BELOW'} the 0.5 target)"
+    pub = r["publishing"]
+    drop = 1 - pub["events_per_s"] / r["whole_path"]["events_per_s"]
+    verdict = "meets" if drop <= 0.05 else "ABOVE"
+    yield (f"publication on vs off, in-process: throughput {drop:.1%} lower with it ({verdict} the 5 % limit); "
+           f"{pub['publications']} publications, {pub['capture_ms']:.2f} ms on the loop each")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
