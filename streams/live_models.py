@@ -24,9 +24,9 @@ from aiokafka.errors import KafkaError
 
 from learners.models import FeatureValue
 from learners.online import OnlineLearner
-from learners.snapshot import load_snapshot
+from learners.snapshot import MIN_KEY_BYTES, load_snapshot
 from schemas import InvalidEvent, ModelUpdate, parse_event
-from schemas.errors import SnapshotError, SnapshotSignatureError, StoreUnavailable
+from schemas.errors import ConfigError, SnapshotError, SnapshotSignatureError, StoreUnavailable
 from streams.config import KafkaConfig, ServingConfig
 from streams.metrics import PredictorMetrics
 from streams.ports import ModelStore
@@ -90,6 +90,8 @@ class LiveModels:
         topics: Topics,
         metrics: PredictorMetrics,
     ) -> None:
+        if len(snapshot_key) < MIN_KEY_BYTES:  # found now, not at the first version to load
+            raise ConfigError(f"snapshot key must be at least {MIN_KEY_BYTES} bytes (LEARNLOOP_SNAPSHOT__KEY)")
         self.kafka = kafka
         self.learners = learners
         self.store = store
@@ -169,6 +171,8 @@ class LiveModels:
                     await self.resync()
                 except StoreUnavailable as exc:
                     log.warning("model store unreachable, serving stays as it is: %s", exc)
+                except Exception:  # a store answering nonsense must not stop following: loud, then retried
+                    log.exception("reading the model store failed; serving stays as it is, retrying")
                 next_resync = time.monotonic() + self.config.resync_every_s
             newest = self._announced(await self._poll(consumer))
             for learner, version in newest.items():
@@ -176,6 +180,10 @@ class LiveModels:
                     await self.load(learner, version)
                 except StoreUnavailable as exc:
                     log.warning("model store unreachable, %s stays at %s: %s", learner, self._version(learner), exc)
+                except Exception:  # the next announcement or resync tries again
+                    self.metrics.model_loads.labels(learner, "failed").inc()
+                    log.exception("%s version %d failed to load; serving stays at %s", learner, version,
+                                  self._version(learner))  # fmt: skip
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         topic = self.topics.model_updates

@@ -255,7 +255,7 @@ class PredictorMetrics:
         )
         self.model_loads = Counter(
             "learnloop_model_loads", "Published versions a predictor loaded or refused, by outcome "
-            "(loaded, refused_signature, refused_invalid, missing)", ["learner", "outcome"], registry=r,
+            "(loaded, refused_signature, refused_invalid, missing, failed)", ["learner", "outcome"], registry=r,
         )
         self.predictions_logged = Counter(
             "learnloop_predictions_logged", "Predictions a predictor sent to the predictions topic", ["learner"],

@@ -126,6 +126,7 @@ class ModelPublisher:
         self._announce = announce
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="learnloop-model-publisher")
+        self._task.add_done_callback(_report_crash)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Publish what was captured last (at most ``timeout`` seconds), then stop."""
@@ -162,7 +163,7 @@ class ModelPublisher:
         name, version = capture.learner, capture.version
         try:
             latest = await self.store.publish(name, version, capture.blob)
-        except StoreUnavailable as exc:
+        except Exception as exc:  # StoreUnavailable, or a store error: learning goes on, the next tick retries
             self._failed(capture, exc)
             return
         if latest != version:  # the store has this number or a newer one: a replay after a rewind
@@ -201,5 +202,12 @@ class ModelPublisher:
         if name not in self._failing:  # once per streak: it is retried every publish_every_s
             self._failing.add(name)
             what = "stored but not announced" if stored else "not published"
+            expected = isinstance(exc, StoreUnavailable | KafkaError | OSError | TimeoutError)
             log.error("%s version %d %s (%s); the next publication carries a newer model", name, capture.version,
-                      what, exc)  # fmt: skip
+                      what, exc, exc_info=None if expected else exc)  # fmt: skip
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("model publication stopped: learning goes on, no new version is published",
+                  exc_info=task.exception())  # fmt: skip

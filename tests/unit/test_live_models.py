@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,13 +14,14 @@ from learners.models import models_for
 from learners.online import OnlineLearner
 from learners.snapshot import dump_snapshot, load_snapshot
 from schemas import Envelope, ModelUpdate, PredictionEvent
-from schemas.errors import StoreUnavailable
+from schemas.errors import ConfigError, StoreUnavailable
 from streams.config import KafkaConfig, ServingConfig
 from streams.feedback import LearnerSlot, PartitionState
 from streams.metrics import FeedbackMetrics, PredictorMetrics
-from streams.prediction_log import _prediction_event
-from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor
+from streams.prediction_log import PredictionLog, _prediction_event
+from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, Prediction
 from streams.publisher import ModelPublisher
+from streams.topics import Topics
 
 KEY = b"unit-test-snapshot-key-0123"
 
@@ -279,8 +281,6 @@ async def test_regression_serves_a_value_and_ids_are_unique() -> None:
 
 def test_a_logged_prediction_is_the_event_feedback_joins_to() -> None:
     proba = {True: 0.75, False: 0.25}
-    from streams.predictor import Prediction
-
     event = _prediction_event(Prediction("sea", "p-1", "50", True, proba), {"x": 1.0}, "hi", "shop")
     assert isinstance(event, PredictionEvent)
     assert (event.prediction_id, event.learner, event.model_version) == ("p-1", "sea", "50")
@@ -310,3 +310,77 @@ async def test_the_predictor_predicts_what_the_learner_predicts_for_every_model(
         else:
             assert prediction.label == learner.predict_one(x)
             assert prediction.probabilities == pytest.approx(learner.predict_proba_one(x))
+
+
+async def test_an_unexpected_store_error_is_counted_and_retried_never_raised() -> None:
+    class Broken(MemoryModelStore):
+        async def publish(self, learner: str, version: int, blob: bytes) -> int:
+            raise RuntimeError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    clock = Clock()
+    p, sent = publisher(Broken(), clock)
+    state = partition(trained("sea", 30))
+    p.capture([state])
+    await p.publish_pending()
+    clock.now = 1.0
+    assert p.capture([state]) == 1 and sent == []
+    assert p.metrics.registry.get_sample_value(
+        "learnloop_model_publications_total", {"learner": "sea", "outcome": "failed"}
+    ) == 1.0
+
+
+async def test_stop_publishes_the_last_capture_first() -> None:
+    store = MemoryModelStore()
+    p, sent = publisher(store, Clock())
+    p.start(p._announce)  # type: ignore[arg-type]
+    p.capture([partition(trained("sea", 30))], after_snapshot=True)
+    await p.stop()
+    assert store.latest == {"sea": 30} and len(sent) == 1
+
+
+def test_a_short_snapshot_key_is_refused_when_the_predictor_is_built() -> None:
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        OnlinePredictor(KafkaConfig(), ["sea"], store=MemoryModelStore(), snapshot_key=b"short", log=False,
+                        metrics=PredictorMetrics(CollectorRegistry()))  # fmt: skip
+
+
+class FakeProducer:
+    """Stands in for EventProducer: keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Envelope] = []
+        self.flushed = 0
+
+    async def send(self, event: Envelope) -> Envelope:
+        self.sent.append(event)
+        return event
+
+    async def flush(self) -> None:
+        self.flushed += 1
+
+
+async def test_predictions_logged_from_another_thread_are_sent_and_overflow_is_counted() -> None:
+    producer = FakeProducer()
+    metrics = PredictorMetrics(CollectorRegistry())
+    plog = PredictionLog(KafkaConfig(), source="app", capacity=3, topics=Topics(), metrics=metrics,
+                         producer=producer)  # type: ignore[arg-type]  # fmt: skip
+    await plog.start()
+    entries = [(Prediction("sea", f"p-{i}", "50", True, {True: 0.9, False: 0.1}), {"x": 1.0}, None) for i in range(5)]
+    await asyncio.to_thread(lambda: [plog.enqueue(e) for e in entries])  # 3 fit, 2 overflow
+    await wait_until(lambda: len(producer.sent) == 3)
+    bad = (Prediction("sea", "p-bad", "50", True, {True: 0.9}), {"x": [1, 2]}, None)  # not a flat feature value
+    plog.enqueue(bad)  # type: ignore[arg-type]
+    await plog.flush()
+    await plog.stop()
+    assert [e.prediction_id for e in producer.sent] == ["p-0", "p-1", "p-2"]  # type: ignore[attr-defined]
+    value = metrics.registry.get_sample_value
+    assert value("learnloop_prediction_logs_dropped_total", {"reason": "buffer_full"}) == 2.0
+    assert value("learnloop_prediction_logs_dropped_total", {"reason": "invalid"}) == 1.0
+    assert value("learnloop_predictions_logged_total", {"learner": "sea"}) == 3.0
+
+
+async def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
