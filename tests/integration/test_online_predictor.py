@@ -65,11 +65,15 @@ async def models(settings: Settings) -> AsyncIterator[RedisModelStore]:
 
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings, log: Path, **env: str) -> AsyncIterator[None]:
-    """A feedback worker process that publishes every 0.2 s, with extra ``LEARNLOOP_*`` settings."""
+    """A feedback worker process that publishes every 0.2 s, with extra ``LEARNLOOP_*`` settings.
+
+    No metrics endpoint: a worker of a concurrent test run may hold the default port.
+    """
     settings.learners_file.write_text(LEARNERS)
     await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
     extra = {f"LEARNLOOP_{k.upper()}": v for k, v in env.items()}
-    proc = start_worker({**worker_env(settings), "LEARNLOOP_SERVING__PUBLISH_EVERY_S": "0.2", **extra}, log)
+    env = {**worker_env(settings), "LEARNLOOP_SERVING__PUBLISH_EVERY_S": "0.2", "LEARNLOOP_METRICS__PORT": "0"}
+    proc = start_worker({**env, **extra}, log)
     try:
         yield
     finally:
