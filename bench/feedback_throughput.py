@@ -112,9 +112,11 @@ class TimedProcessor(FeedbackProcessor):
         self.first: tuple[float, float] | None = None  # wall and CPU time when the first batch arrived
         self.done: list[tuple[int, int, float]] = []
 
-    async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
+    async def process(
+        self, state: PartitionState, records: Sequence[RecordLike], *, partitions: int | None = None
+    ) -> BatchResult:
         self.first = self.first or (time.time(), time.process_time())
-        result = await super().process(state, records)
+        result = await super().process(state, records, partitions=partitions)
         if self.track:
             now = time.time()
             self.done.extend((r.offset, r.timestamp, now) for r in records)  # type: ignore[attr-defined]

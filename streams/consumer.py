@@ -35,6 +35,7 @@ from streams.dedup import DedupCache
 from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
 from streams.lifecycle import Lifecycle
 from streams.metrics import FeedbackMetrics, LearnedTally, feedback_metrics
+from streams.partitioning import Forward
 from streams.ports import SampleSink
 from streams.producer import send_and_wait
 from streams.publisher import ModelPublisher
@@ -330,6 +331,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         outputs: list[Envelope] = []
+        forwards: list[Forward] = []
         # Predictions first, so feedback in the same batch can join to them.
         for tp, records in batch.items():
             if tp.topic == self.topics.predictions and records:
@@ -346,11 +348,12 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             state = self.states.get(tp)
             if state is None:
                 continue  # revoked while the fetch was in flight: its new owner will read it
-            r = await self.processor.process(state, records)
+            r = await self.processor.process(state, records, partitions=self._partitions())
             self._pending_samples.extend(r.samples)
             self.stats.add(r)
             self.metrics.record_batch(tp.topic, len(records), r)
             outputs.extend(r.outputs)
+            forwards.extend(r.forwards)
             self.stats.records += len(records)
             self._since_snapshot += len(records)
             learning += len(records)
@@ -366,13 +369,29 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._learned.update(tp.topic, tp.partition, state.slots)
         if batch:
             self.stats.batches += 1
-        await self._send(outputs)
+        await self._send(outputs, forwards)
 
-    async def _send(self, events: list[Envelope]) -> None:
-        """Send derived events and wait for the acks: a snapshot never covers an unsent output."""
+    async def _send(self, events: list[Envelope], forwards: list[Forward]) -> None:
+        """Send derived events and forwards and wait for the acks: a snapshot never covers an unsent output.
+
+        A forward sent again after a crash (its source offset not yet snapshotted) carries the same
+        event_id, and the owner's dedup drops it.
+        """
+        assert self._producer is not None
+        sent = [
+            await self._producer.send(f.topic, f.value, f.key, partition=f.partition, headers=list(f.headers))
+            for f in forwards
+        ]
         if events:
-            assert self._producer is not None
             await send_and_wait(self._producer, events, self.topics)
+        await asyncio.gather(*sent)
+
+    def _partitions(self) -> int:
+        """The feedback topic's partition count, which decides each learner's owner partition."""
+        parts = self.consumer.partitions_for_topic(self.topics.feedback)
+        if not parts:
+            raise KafkaError(f"no metadata for {self.topics.feedback}: cannot tell which partition owns a learner")
+        return len(parts)
 
     async def _maybe_commit(self, *, idle: bool = False) -> None:
         """Snapshot every ``snapshot_every_events`` or ``snapshot_every_s``, and when the input runs dry.
@@ -409,7 +428,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         ids, state.uncommitted_ids = state.uncommitted_ids, []
         try:
             n_seen = sum(s.learner.n_seen for s in state.slots.values())
-            statuses = state.statuses()
+            statuses = state.statuses(self._partitions())
             blob = dump_snapshot(
                 state,
                 key=self.snapshot_key,

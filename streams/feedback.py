@@ -23,6 +23,7 @@ from learners.online import OnlineLearner
 from schemas import DeadLetter, Envelope, FeedbackEvent, PredictionEvent, parse_event
 from schemas.errors import InvalidEvent
 from streams.derived import RawRecord, dead_letter, drift_events
+from streams.partitioning import Forward, forward, owner_partition
 from streams.ports import JoinStore, PartitionStateStore, RecordLike
 
 # RawRecord stays importable from here: snapshots pickled with waiting feedback name it by this module.
@@ -64,7 +65,8 @@ class PartitionState:
     def next_offset(self) -> int:
         return self.offset + 1
 
-    def statuses(self) -> dict[str, dict[str, Any]]:
+    def statuses(self, partitions: int | None = None) -> dict[str, dict[str, Any]]:
+        """Each learner's status; with the topic's partition count, also the partition that owns it."""
         out: dict[str, dict[str, Any]] = {}
         for name, slot in self.slots.items():
             st = slot.learner.status()
@@ -73,6 +75,7 @@ class PartitionState:
             st["partition"] = self.partition
             st["topic"] = self.topic
             st["offset"] = self.offset
+            st["owner_partition"] = owner_partition(name, partitions) if partitions else None
             out[name] = st
         return out
 
@@ -98,6 +101,7 @@ class BatchResult:
     """What one batch produced: events to send and counts to export."""
 
     outputs: list[Envelope] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)  # records whose learner another partition owns
     learned: int = 0
     duplicates: int = 0
     deadlettered: Counter[str] = field(default_factory=Counter)
@@ -187,8 +191,15 @@ class FeedbackProcessor:
 
     # -- feedback --------------------------------------------------------------
 
-    async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
+    async def process(
+        self, state: PartitionState, records: Sequence[RecordLike], *, partitions: int | None = None
+    ) -> BatchResult:
         """Process records of one partition, in offset order, updating ``state`` in place.
+
+        ``partitions`` is the topic's partition count: a valid event whose learner another
+        partition owns (:func:`~streams.partitioning.owner_partition`) is not learned here but
+        returned in ``forwards``, so that one learner stays one model whatever partitioner its
+        producer used. Without it every learner is learned where its records arrive.
 
         In chunks of ``CHUNK`` records: a decoded event then lives for a few hundred
         events, not a whole fetch, so it dies young instead of being promoted into
@@ -197,13 +208,19 @@ class FeedbackProcessor:
         """
         result = BatchResult()
         for i in range(0, len(records), self.CHUNK):
-            await self._process_chunk(state, records[i : i + self.CHUNK], result, first=i == 0)
+            await self._process_chunk(state, records[i : i + self.CHUNK], result, first=i == 0, partitions=partitions)
         self._expire_orphans(state, result)
         self._tally(state, result)
         return result
 
     async def _process_chunk(
-        self, state: PartitionState, records: Sequence[RecordLike], result: BatchResult, *, first: bool
+        self,
+        state: PartitionState,
+        records: Sequence[RecordLike],
+        result: BatchResult,
+        *,
+        first: bool,
+        partitions: int | None,
     ) -> None:
         decoded: list[tuple[RecordLike, FeedbackEvent]] = []
         for r in records:
@@ -217,6 +234,10 @@ class FeedbackProcessor:
                 result.add_deadletter(self.dead_letter(r, exc))
                 continue
             assert isinstance(ev, FeedbackEvent)
+            if partitions and (owner := owner_partition(ev.learner, partitions)) != state.partition:
+                # Invalid records were dead-lettered above, where they arrived; the owner dedups and joins.
+                result.forwards.append(forward(r, learner=ev.learner, owner=owner))
+                continue
             decoded.append((r, ev))
 
         fresh = await self._drop_duplicates(state, decoded, result)
@@ -333,17 +354,10 @@ class FeedbackProcessor:
                 keep.append(p)
         state.pending = keep
 
-    def _slot(self, state: PartitionState, name: str) -> LearnerSlot:
-        slot = state.slots.get(name)
-        if slot is None:
-            spec: LearnerSpec = self.learners.resolve(name)  # UnknownLearner in strict mode
-            slot = state.slots[name] = LearnerSlot(OnlineLearner(name, spec))
-        return slot
-
     def _learn(self, state: PartitionState, raw: RecordLike, ev: FeedbackEvent, result: BatchResult) -> None:
+        slot = state.slots.get(ev.learner)
         try:
-            slot = self._slot(state, ev.learner)
-            spec = slot.learner.spec
+            spec: LearnerSpec = slot.learner.spec if slot is not None else self.learners.resolve(ev.learner)
             target = resolve_target(
                 task=spec.task,
                 spec=spec.labels,
@@ -355,11 +369,16 @@ class FeedbackProcessor:
         except InvalidEvent as exc:
             result.add_deadletter(self.dead_letter(raw, exc))
             return
+        learner = slot.learner if slot is not None else OnlineLearner(ev.learner, spec)
         try:
-            outcome = slot.learner.learn_one(with_text(ev.features, ev.text), target)
+            outcome = learner.learn_one(with_text(ev.features, ev.text), target)
         except InvalidEvent as exc:  # a feature the model cannot read; nothing was learned
             result.add_deadletter(self.dead_letter(raw, exc))
             return
+        if slot is None:
+            # Created by the first event it learns: a record that cannot be learned leaves no empty model
+            # whose status would stand beside (or in front of) the real one.
+            slot = state.slots[ev.learner] = LearnerSlot(learner)
         slot.last_event_at = ev.occurred_at
         slot.learned_at = self.clock()
         result.learned += 1
@@ -374,13 +393,14 @@ class FeedbackProcessor:
             )
         if outcome.drift is not None:
             result.drifts += 1
-            result.outputs.extend(drift_events(slot.learner, outcome.drift, source=self.source))
+            result.outputs.extend(drift_events(learner, outcome.drift, source=self.source))
 
     @staticmethod
     def _tally(state: PartitionState, result: BatchResult) -> None:
         state.counters["learned"] += result.learned
         state.counters["duplicates"] += result.duplicates
         state.counters["drifts"] += result.drifts
+        state.counters["forwarded"] += len(result.forwards)
         for reason, n in result.deadlettered.items():
             state.counters[f"deadletter:{reason}"] += n
 

@@ -114,6 +114,11 @@ class FeedbackMetrics(_BatchLoopMetrics):
             "learnloop_events_learned", "Events learned by this process (a replay after a rewind learns again)",
             ["learner"], registry=r,
         )
+        self.forwarded = Counter(
+            "learnloop_events_forwarded",
+            "Feedback records sent on to their learner's owner partition (they arrived on another one)",
+            ["topic"], registry=r,
+        )
         self.learn_seconds = Histogram(
             "learnloop_learn_seconds",
             "Processing time per feedback event (decode, dedup, join, predict, score, learn): "
@@ -151,13 +156,15 @@ class FeedbackMetrics(_BatchLoopMetrics):
     # -- per batch -----------------------------------------------------------------
 
     def record_batch(self, topic: str, records: int, result: BatchResult) -> None:
-        """Count one batch of ``topic``: records in, dead letters by reason, duplicates, drift alarms."""
+        """Count one batch of ``topic``: records in, dead letters by reason, duplicates, forwards, drift alarms."""
         if records:
             self.events_in.labels(topic).inc(records)
         for reason, n in result.deadlettered.items():
             self.deadlettered.labels(topic, reason).inc(n)
         if result.duplicates:
             self.duplicates.labels(topic).inc(result.duplicates)
+        if result.forwards:
+            self.forwarded.labels(topic).inc(len(result.forwards))
         if result.drifts:
             for event in result.outputs:
                 if isinstance(event, DriftEvent):

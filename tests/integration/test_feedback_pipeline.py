@@ -262,10 +262,12 @@ class GatedProcessor(FeedbackProcessor):
         super().__init__(**kw)
         self.entered, self.release = asyncio.Event(), asyncio.Event()
 
-    async def process(self, state: PartitionState, records: Sequence[RecordLike]) -> BatchResult:
+    async def process(
+        self, state: PartitionState, records: Sequence[RecordLike], *, partitions: int | None = None
+    ) -> BatchResult:
         self.entered.set()
         await self.release.wait()
-        return await super().process(state, records)
+        return await super().process(state, records, partitions=partitions)
 
 
 async def test_sparse_traffic_does_not_write_a_snapshot_per_record(settings: Settings) -> None:

@@ -30,6 +30,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 class MemoryStore:
@@ -147,12 +148,14 @@ def prediction(prediction_id: str, **kw: Any) -> PredictionEvent:
     return PredictionEvent(**fields)
 
 
-def records(items: Sequence[Envelope | bytes], *, start: int = 0, topic: str = TOPIC) -> list[Record]:
+def records(
+    items: Sequence[Envelope | bytes], *, start: int = 0, topic: str = TOPIC, partition: int = 0
+) -> list[Record]:
     out = []
     for offset, item in enumerate(items, start):
         value = item if isinstance(item, bytes) else item.to_json()
         key = item.learner.encode() if isinstance(item, FeedbackEvent) else b"k"
-        out.append(Record(topic, 0, offset, key, value))
+        out.append(Record(topic, partition, offset, key, value))
     return out
 
 
