@@ -44,3 +44,36 @@ async def test_a_commit_without_ids_keeps_the_window(settings: Settings) -> None
         assert await store.learner_statuses() == []
     finally:
         await store.close()
+
+
+async def test_a_learner_held_by_two_partitions_shows_both_models(settings: Settings) -> None:
+    store = RedisStore(aioredis.Redis.from_url(settings.redis.url), prefix=settings.redis.key_prefix)
+
+    def status(partition: int, n: int) -> dict[str, object]:
+        return {"name": "sea", "topic": "fb", "partition": partition, "owner_partition": 1, "n_learned": n}
+
+    try:
+        await store.commit("fb", 1, snapshot=b"a", offset=9, event_ids=[], statuses={"sea": status(1, 1_000)})
+        [alone] = await store.learner_statuses()
+        assert (alone["partition"], alone["n_learned"], alone["split"]) == (1, 1_000, False)
+        # The partition count changed, the old model stays on partition 2: neither hides the other.
+        await store.commit("fb", 2, snapshot=b"b", offset=3, event_ids=[], statuses={"sea": status(2, 50)})
+        await store.commit("fb", 1, snapshot=b"c", offset=12, event_ids=[], statuses={"sea": status(1, 1_003)})
+        rows = await store.learner_statuses()
+        assert [(r["name"], r["partition"], r["n_learned"], r["split"]) for r in rows] == [
+            ("sea", 1, 1_003, True), ("sea", 2, 50, True),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_status_written_before_per_partition_statuses_is_still_shown(settings: Settings) -> None:
+    store = RedisStore(aioredis.Redis.from_url(settings.redis.url), prefix=settings.redis.key_prefix)
+    try:
+        p = settings.redis.key_prefix
+        await store.r.set(f"{p}learner:old", b'{"name": "old", "topic": "fb", "partition": 0, "n_learned": 7}')
+        await store.r.sadd(f"{p}learners", "old")
+        [row] = await store.learner_statuses()
+        assert (row["name"], row["n_learned"], row["split"]) == ("old", 7, False)
+    finally:
+        await store.close()

@@ -1,14 +1,20 @@
-"""`learnloop learners`: what the feedback workers have learned, read from their state in Redis."""
+"""`learnloop learners`: what the feedback workers have learned; `learnloop partition`: where a learner lives."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import typer
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
+from schemas.envelope import NAME_PATTERN
+from streams.config import KafkaConfig
+from streams.partitioning import owner_partition
+from streams.topics import Topics
 from workers.cli.common import run_async, settings
 from workers.feedback.redis_store import RedisStore
 
@@ -37,6 +43,8 @@ def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
             "last_event_at": r.get("last_event_at"),
             "snapshot_at": r.get("snapshot_at"),
             "partition": r.get("partition"),
+            "owner_partition": r.get("owner_partition"),
+            "split": r.get("split", False),
         }
         for r in rows
     ]
@@ -46,14 +54,60 @@ def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     if not out:
         typer.echo("no learner state yet (is `learnloop worker feedback` running against this Redis?)")
         return
-    table = Table("learner", "model", "learned", "accuracy / mae", "rolling", "drifts", "last drift at")
+    table = Table("learner", "partition", "model", "learned", "accuracy / mae", "rolling", "drifts", "last drift at")
     for r in out:
         m = r["metrics"]
         main = m.get("accuracy", m.get("mae"))
         rolling = m.get("rolling_accuracy", m.get("rolling_mae"))
         table.add_row(
-            r["name"], str(r["model"]), f"{r['n_learned']:,}",
+            r["name"], _where(r), str(r["model"]), f"{r['n_learned']:,}",
             f"{main:.4f}" if main is not None else "-", f"{rolling:.4f}" if rolling is not None else "-",
             str(r["drifts"]), str(r["last_drift_at"] or "-"),
         )
     Console().print(table)
+    split = sorted({r["name"] for r in out if r["split"]})
+    if split:
+        typer.echo(
+            f"{', '.join(split)}: held by more than one partition (the partition count changed?); each row is a "
+            "separate model, new events go to the owner partition"
+        )
+
+
+def _where(row: dict[str, Any]) -> str:
+    where = str(row["partition"])
+    if row["split"]:
+        owner = row["owner_partition"]
+        where += " (owner)" if owner == row["partition"] else f" (split; owner {owner if owner is not None else '?'})"
+    return where
+
+
+def partition(
+    names: list[str] = typer.Argument(..., help="Learner names."),
+    partitions: int = typer.Option(
+        None, "--partitions", min=1, help="Partition count of the feedback topic (default: ask the broker)."
+    ),
+) -> None:
+    """The feedback partition that owns each learner (Java's default partitioner on its name)."""
+    bad = [n for n in names if not re.fullmatch(NAME_PATTERN, n)]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r} is not a learner name (letters, digits, _ . : -)", param_hint="NAME")
+    s = settings()
+    topic = Topics(s.kafka.topic_prefix).feedback
+    note = ""
+    if partitions is None:
+        partitions = run_async(_partition_count(s.kafka, topic), settings=s)
+        if partitions is None:
+            partitions, note = s.kafka.partitions, f" ({topic} does not exist yet: the configured count)"
+    typer.echo(f"{topic}: {partitions} partitions{note}")
+    for name in names:
+        typer.echo(f"{name}\t{owner_partition(name, partitions)}")
+
+
+async def _partition_count(kafka: KafkaConfig, topic: str) -> int | None:
+    admin = AIOKafkaAdminClient(client_id=f"{kafka.client_id}-cli", **kafka.client_kwargs())
+    await admin.start()
+    try:
+        [found] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return len(found["partitions"]) if found.get("error_code", 0) == 0 and found["partitions"] else None

@@ -4,7 +4,8 @@ Key layout (``P`` is the configured prefix, ``learnloop:`` by default)::
 
     P state:{topic}:{partition}       snapshot bytes (learners + the offset they cover)
     P dedup:{topic}:{partition}       ZSET event_id -> sequence, trimmed to the window
-    P learner:{name}                  JSON status of a learner, written with its snapshot
+    P status:{name}                   HASH {topic}:{partition} -> JSON status of the learner held there,
+                                      written with that partition's snapshot
     P learners                        SET of learner names
     P progress:{group}:{topic}:{p}    HASH position, highwater, updated_at (for lag views); failure,
                                       failure_reason, failed_at while the worker stopped on the partition
@@ -12,6 +13,10 @@ Key layout (``P`` is the configured prefix, ``learnloop:`` by default)::
 
 The snapshot, the dedup ids and the statuses go in one MULTI/EXEC, so after a
 crash the state, the offset and the "already seen" window always agree.
+
+A learner is held by its owner partition (``streams.partitioning``), but a partition
+count that changed leaves its older model on the former owner: each partition writes
+its own field of ``status:{name}``, so no status ever overwrites another model's.
 """
 
 from __future__ import annotations
@@ -125,7 +130,8 @@ class RedisStore:
                 p.eval(_APPEND_IDS, 1, dedup, offset * 1_000_000, self.dedup_window, "\n".join(event_ids))
             now = time.time()
             for name, st in statuses.items():
-                p.set(self._k("learner", name), json.dumps({**st, "snapshot_at": now}, default=str))
+                row = json.dumps({**st, "snapshot_at": now}, default=str)
+                p.hset(self._k("status", name), f"{topic}:{partition}", row)
             if statuses:
                 p.sadd(self._k("learners"), *statuses.keys())
             await p.execute()
@@ -198,12 +204,33 @@ class RedisStore:
     # -- reading status ----------------------------------------------------------------
 
     async def learner_statuses(self) -> list[dict[str, Any]]:
+        """One row per learner and partition that holds it, by name then partition.
+
+        A learner held by more than one partition (its owner moved when the partition count
+        changed) is two models: each row says ``split``, and which partition owns it now.
+        """
         async with _reachable("learner statuses"):
             names = sorted(_as_bytes(n).decode() for n in await self.r.smembers(self._k("learners")))
             if not names:
                 return []
-            blobs = await self.r.mget([self._k("learner", n) for n in names])
-        return [json.loads(b) for b in blobs if b is not None]
+            async with self.r.pipeline(transaction=False) as p:
+                for n in names:
+                    p.hvals(self._k("status", n))
+                held: dict[str, list[bytes]] = dict(zip(names, await p.execute(), strict=True))
+            # Written before statuses were kept per partition; replaced by that partition's next snapshot.
+            older = [n for n, blobs in held.items() if not blobs]
+            if older:
+                for n, blob in zip(older, await self.r.mget([self._k("learner", n) for n in older]), strict=True):
+                    held[n] = [_as_bytes(blob)] if blob is not None else []
+        rows = []
+        for blobs in held.values():
+            statuses = [json.loads(b) for b in blobs]
+            if len(statuses) > 1:
+                statuses.sort(key=lambda st: (st["topic"], st["partition"]))
+            for st in statuses:
+                st["split"] = len(statuses) > 1
+            rows.extend(statuses)
+        return rows
 
     async def progress(self) -> list[dict[str, Any]]:
         out = []

@@ -107,9 +107,14 @@ function mainMetric(metrics) {
   return null;
 }
 
+// A learner held by two partitions (the partition count changed) is two models: one card and one line each.
+// The owner's is the one that learns now, and the one whose history the gateway keeps.
+const learnerKey = learner => learner.split && learner.partition !== learner.owner_partition
+  ? `${learner.name}@${learner.partition}` : learner.name;
+
 function remember(learner, metric) {
   if (!metric) return [];
-  const points = (history_.get(learner.name) || []).filter(p => p.m === metric.name);
+  const points = (history_.get(learnerKey(learner)) || []).filter(p => p.m === metric.name);
   const n = Number(learner.n_learned) || 0;
   const last = points[points.length - 1];
   if (!last || last.n !== n || last.v !== metric.value) {
@@ -118,7 +123,7 @@ function remember(learner, metric) {
     points.push({ n, v: metric.value, m: metric.name, t });
     if (points.length > maxPoints) points.splice(0, points.length - maxPoints);
   }
-  history_.set(learner.name, points);
+  history_.set(learnerKey(learner), points);
   return points;
 }
 
@@ -217,8 +222,13 @@ function renderLearners(res) {
       : el("span", {}, el("b", {}, `at event ${fmt(lastDrift)}`),
            ...(driftTimes.has(lastDrift) ? [" · ", when(driftTimes.get(lastDrift))] : []));
     const snapshot = toDate(learner.snapshot_at);
-    const card = el("article", { class: "learner", "data-learner": learner.name },
-      el("h3", {}, learner.name, el("span", { class: "kind" }, `${learner.task || "?"} · ${learner.model || "?"}`)),
+    const split = learner.split
+      ? el("span", { class: "split", title: "this learner is held by more than one partition: separate models" },
+           learner.partition === learner.owner_partition ? `partition ${learner.partition} (owner)`
+                                                         : `partition ${learner.partition} (not the owner)`)
+      : "";
+    const card = el("article", { class: "learner", "data-learner": learnerKey(learner) },
+      el("h3", {}, learner.name, split, el("span", { class: "kind" }, `${learner.task || "?"} · ${learner.model || "?"}`)),
       el("div", { class: "stats" },
         el("span", {}, "learned ", el("b", {}, fmt(learner.n_learned || 0))),
         el("span", { class: "served" }, "serving ", el("b", {}, servedVersion(serving[learner.name]))),
