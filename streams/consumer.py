@@ -369,22 +369,28 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._learned.update(tp.topic, tp.partition, state.slots)
         if batch:
             self.stats.batches += 1
-        await self._send(outputs, forwards)
+        await self._forward(forwards)
+        await self._send(outputs)
 
-    async def _send(self, events: list[Envelope], forwards: list[Forward]) -> None:
-        """Send derived events and forwards and wait for the acks: a snapshot never covers an unsent output.
+    async def _forward(self, forwards: list[Forward]) -> None:
+        """Send records on to their learners' owner partitions and wait for the acks, like derived events.
 
         A forward sent again after a crash (its source offset not yet snapshotted) carries the same
         event_id, and the owner's dedup drops it.
         """
-        assert self._producer is not None
-        sent = [
-            await self._producer.send(f.topic, f.value, f.key, partition=f.partition, headers=list(f.headers))
-            for f in forwards
-        ]
+        if forwards:
+            assert self._producer is not None
+            sent = [
+                await self._producer.send(f.topic, f.value, f.key, partition=f.partition, headers=list(f.headers))
+                for f in forwards
+            ]
+            await asyncio.gather(*sent)
+
+    async def _send(self, events: list[Envelope]) -> None:
+        """Send derived events and wait for the acks: a snapshot never covers an unsent output."""
         if events:
+            assert self._producer is not None
             await send_and_wait(self._producer, events, self.topics)
-        await asyncio.gather(*sent)
 
     def _partitions(self) -> int:
         """The feedback topic's partition count, which decides each learner's owner partition."""
