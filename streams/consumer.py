@@ -300,7 +300,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     def _capture_models(self, *, after_snapshot: bool) -> None:
         """Hand changed learners to the publisher (it pickles them here, between batches, and sends later)."""
         if self.publisher is not None:
-            self.publisher.capture(self.states.values(), after_snapshot=after_snapshot)
+            self.publisher.capture(self.states.values(), after_snapshot=after_snapshot, partitions=self._partitions())
 
     async def _rewind(self) -> None:
         """Drop in-memory progress and resume every owned partition from its stored snapshot.
@@ -348,7 +348,10 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             state = self.states.get(tp)
             if state is None:
                 continue  # revoked while the fetch was in flight: its new owner will read it
-            r = await self.processor.process(state, records, partitions=self._partitions())
+            partitions = self._partitions()
+            if partitions is None:  # not while partitions of the topic are assigned; an owner is never guessed
+                raise KafkaError(f"no metadata for {tp.topic}: cannot tell which partition owns a learner")
+            r = await self.processor.process(state, records, partitions=partitions)
             self._pending_samples.extend(r.samples)
             self.stats.add(r)
             self.metrics.record_batch(tp.topic, len(records), r)
@@ -392,12 +395,10 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             assert self._producer is not None
             await send_and_wait(self._producer, events, self.topics)
 
-    def _partitions(self) -> int:
+    def _partitions(self) -> int | None:
         """The feedback topic's partition count, which decides each learner's owner partition."""
         parts = self.consumer.partitions_for_topic(self.topics.feedback)
-        if not parts:
-            raise KafkaError(f"no metadata for {self.topics.feedback}: cannot tell which partition owns a learner")
-        return len(parts)
+        return len(parts) if parts else None
 
     async def _maybe_commit(self, *, idle: bool = False) -> None:
         """Snapshot every ``snapshot_every_events`` or ``snapshot_every_s``, and when the input runs dry.

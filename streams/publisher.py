@@ -40,6 +40,7 @@ from schemas.errors import StoreUnavailable
 from streams.config import ServingConfig
 from streams.feedback import PartitionState
 from streams.metrics import FeedbackMetrics, feedback_metrics
+from streams.partitioning import owner_partition
 from streams.ports import ModelStore
 
 __all__ = ["ONLINE_ALIAS", "ModelPublisher"]
@@ -91,9 +92,13 @@ class ModelPublisher:
 
     # -- on the feedback loop -------------------------------------------------------
 
-    def capture(self, states: Iterable[PartitionState], *, after_snapshot: bool = False) -> int:
+    def capture(
+        self, states: Iterable[PartitionState], *, after_snapshot: bool = False, partitions: int | None = None
+    ) -> int:
         """Pickle and sign each learner that learned since its last capture, when due; returns how many.
 
+        With the feedback topic's partition count, only the learners a partition owns are captured
+        (``streams.partitioning``): a model left on its former owner after the count changed is not served.
         Never awaits: called between batches, while no learner is being changed.
         """
         now = self.clock()
@@ -106,6 +111,8 @@ class ModelPublisher:
             for name, slot in state.slots.items():
                 version = slot.learner.n_seen
                 if version <= self._captured.get(name, 0):
+                    continue
+                if partitions is not None and owner_partition(name, partitions) != state.partition:
                     continue
                 t0 = time.perf_counter()
                 metrics = {k: v for k, v in slot.learner.metrics.items() if math.isfinite(v)}

@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from learners.config import LearnersConfig
 from schemas import DeadLetter
-from streams.feedback import PartitionState
+from streams.feedback import LearnerSlot, PartitionState
 from streams.metrics import Metrics
 from streams.partitioning import FORWARDED_FROM, owner_partition
 from tests.unit.test_feedback_processor import TOPIC, Record, feedback, records, rig
+from tests.unit.test_live_models import Clock, MemoryModelStore, publisher, trained
 
 # org.apache.kafka.common.utils.Utils.murmur2 of these UTF-8 keys, as the Java client computes them
 # (the vectors kafkajs checks its Java-compatible partitioner against).
@@ -110,3 +111,13 @@ async def test_statuses_name_the_owner_partition() -> None:
     r = rig()
     await r.processor.process(r.state, records([feedback()]), partitions=2)
     assert r.state.statuses(2)["sea"]["owner_partition"] == owner_partition("sea", 2) == 0
+
+
+def test_only_the_owners_model_is_published() -> None:
+    # After the partition count grew to 3, "sea-tree" (owned by 1) still has its older model on 2.
+    p, _ = publisher(MemoryModelStore(), Clock())
+    owner, left_behind = PartitionState(TOPIC, 1), PartitionState(TOPIC, 2)
+    owner.slots = {"sea-tree": LearnerSlot(trained("sea-tree", 10))}
+    left_behind.slots = {"sea-tree": LearnerSlot(trained("sea-tree", 500))}
+    assert p.capture([left_behind, owner], partitions=3) == 1
+    assert p._pending["sea-tree"].version == 10  # the model that learns now, not the bigger stale one
