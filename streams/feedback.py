@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from learners.config import LearnersConfig, LearnerSpec
-from learners.labels import resolve_target
+from learners.labels import Target, resolve_target
 from learners.models import with_text
 from learners.online import OnlineLearner
 from schemas import DeadLetter, Envelope, FeedbackEvent, PredictionEvent, parse_event
@@ -199,7 +199,8 @@ class FeedbackProcessor:
         ``partitions`` is the topic's partition count: a valid event whose learner another
         partition owns (:func:`~streams.partitioning.owner_partition`) is not learned here but
         returned in ``forwards``, so that one learner stays one model whatever partitioner its
-        producer used. Without it every learner is learned where its records arrive.
+        producer used; what its bytes and the learners file decide (schema, learner, label) is
+        dead-lettered here. Without it every learner is learned where its records arrive.
 
         In chunks of ``CHUNK`` records: a decoded event then lives for a few hundred
         events, not a whole fetch, so it dies young instead of being promoted into
@@ -214,12 +215,7 @@ class FeedbackProcessor:
         return result
 
     async def _process_chunk(
-        self,
-        state: PartitionState,
-        records: Sequence[RecordLike],
-        result: BatchResult,
-        *,
-        first: bool,
+        self, state: PartitionState, records: Sequence[RecordLike], result: BatchResult, *, first: bool,
         partitions: int | None,
     ) -> None:
         decoded: list[tuple[RecordLike, FeedbackEvent]] = []
@@ -235,8 +231,12 @@ class FeedbackProcessor:
                 continue
             assert isinstance(ev, FeedbackEvent)
             if partitions and (owner := owner_partition(ev.learner, partitions)) != state.partition:
-                # Invalid records were dead-lettered above, where they arrived; the owner dedups and joins.
-                result.forwards.append(forward(r, learner=ev.learner, owner=owner))
+                try:  # what the event and the learners file alone decide fails here, where it arrived
+                    self._target(ev, self.learners.resolve(ev.learner))
+                except InvalidEvent as exc:
+                    result.add_deadletter(self.dead_letter(r, exc))
+                    continue
+                result.forwards.append(forward(r, learner=ev.learner, owner=owner))  # the owner dedups and joins
                 continue
             decoded.append((r, ev))
 
@@ -358,14 +358,7 @@ class FeedbackProcessor:
         slot = state.slots.get(ev.learner)
         try:
             spec: LearnerSpec = slot.learner.spec if slot is not None else self.learners.resolve(ev.learner)
-            target = resolve_target(
-                task=spec.task,
-                spec=spec.labels,
-                label=ev.label,
-                rating=ev.rating,
-                signal=ev.signal,
-                signal_value=ev.signal_value,
-            )
+            target = self._target(ev, spec)
         except InvalidEvent as exc:
             result.add_deadletter(self.dead_letter(raw, exc))
             return
@@ -394,6 +387,13 @@ class FeedbackProcessor:
         if outcome.drift is not None:
             result.drifts += 1
             result.outputs.extend(drift_events(learner, outcome.drift, source=self.source))
+
+    @staticmethod
+    def _target(ev: FeedbackEvent, spec: LearnerSpec) -> Target:
+        return resolve_target(
+            task=spec.task, spec=spec.labels, label=ev.label, rating=ev.rating, signal=ev.signal,
+            signal_value=ev.signal_value,
+        )  # fmt: skip
 
     @staticmethod
     def _tally(state: PartitionState, result: BatchResult) -> None:

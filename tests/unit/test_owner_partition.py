@@ -64,17 +64,16 @@ async def test_an_event_of_a_learner_owned_elsewhere_is_forwarded_as_it_came() -
     assert r.state.offset == 41 and r.state.counters["forwarded"] == 1
 
 
-async def test_invalid_records_are_dead_lettered_where_they_arrive() -> None:
+async def test_what_the_event_and_the_learners_file_decide_is_dead_lettered_where_it_arrives() -> None:
     r = rig()  # strict: only "sea" is configured
     r.state = PartitionState(TOPIC, 1)
     assert owner_partition("spook", 2) == owner_partition("sea", 2) == 0
-    batch = records([b"{not json", feedback(learner="spook"), feedback()], partition=1)
-    result = await r.processor.process(r.state, batch, partitions=2)
+    bad = [b"{not json", feedback(learner="spook"), feedback(label="maybe")]
+    result = await r.processor.process(r.state, records([*bad, feedback()], partition=1), partitions=2)
     assert [(dl.reason, dl.partition, dl.offset) for dl in result.outputs if isinstance(dl, DeadLetter)] == [
-        ("invalid_json", 1, 0)
+        ("invalid_json", 1, 0), ("unknown_learner", 1, 1), ("unmappable_label", 1, 2),
     ]
-    # "spook" is valid on the wire; whether it can be learned is for its owner to say.
-    assert [f.key for f in result.forwards] == [b"spook", b"sea"]
+    assert [(f.key, f.headers[-1][1]) for f in result.forwards] == [(b"sea", f"{TOPIC}:1:3".encode())]
     assert r.state.slots == {}
 
 
