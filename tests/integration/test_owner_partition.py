@@ -11,6 +11,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import uuid
 import zlib
 from pathlib import Path
@@ -49,8 +51,8 @@ async def learned_all(store: RedisStore, name: str, n: int) -> bool:
     return got == n
 
 
-def produce_with_librdkafka(bootstrap: str, topic: str, events: list[FeedbackEvent]) -> set[int]:
-    """Send with confluent-kafka's defaults (partitioner ``consistent_random``); the partitions used."""
+def produce_with_librdkafka(bootstrap: str, topic: str, events: list[FeedbackEvent], **config: str) -> set[int]:
+    """Send with confluent-kafka (by default, partitioner ``consistent_random``); the partitions used."""
     used: set[int] = set()
     failed: list[str] = []
 
@@ -60,7 +62,7 @@ def produce_with_librdkafka(bootstrap: str, topic: str, events: list[FeedbackEve
         else:
             used.add(msg.partition())
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, **config})
     for e in events:
         p.produce(topic, value=e.to_json(), key=e.learner.encode(), on_delivery=delivered)
         p.poll(0)
@@ -102,6 +104,19 @@ async def test_librdkafka_partitioned_events_end_in_one_model_across_a_sigkill(
         "sea-tree", owner, owner, False
     )
     assert_matches_reference(status, stream)
+
+
+async def test_librdkafka_with_murmur2_random_sends_to_the_owner(settings: Settings) -> None:
+    # What the README tells kcat and confluent-kafka users to set.
+    topic = Topics(settings.kafka.topic_prefix).feedback
+    await ensure_topics(settings.kafka, [topic], partitions=3)
+    events = [FeedbackEvent(learner=name, features={"x": 1.0}, label=True, source="test")
+              for name in ("sea-tree", "churn-eu", "churn-us") for _ in range(5)]
+    for name in ("sea-tree", "churn-eu", "churn-us"):
+        mine = [e for e in events if e.learner == name]
+        used = await asyncio.to_thread(produce_with_librdkafka, settings.kafka.bootstrap_servers, topic, mine,
+                                       partitioner="murmur2_random")
+        assert used == {owner_partition(name, 3)}, name
 
 
 async def test_records_on_any_partition_joined_or_not_learn_one_model(
@@ -168,3 +183,30 @@ async def _forwarded(store: RedisStore, partition: int, n: int) -> bool:
     # Counters live in the snapshot: a replay after the kill counts again only what the snapshot had not.
     rows = [r for r in await store.progress() if r["partition"] == partition and r["topic"].endswith("feedback")]
     return bool(rows) and rows[0]["counters"].get("forwarded") == n
+
+
+async def test_learners_shows_a_split_learner_twice_and_partition_names_the_owner(
+    settings: Settings, store: RedisStore
+) -> None:
+    env = worker_env(settings)
+
+    def status(partition: int, n: int) -> dict[str, object]:
+        return {"name": "sea-tree", "task": "binary", "model": "logistic_regression", "n_learned": n,
+                "metrics": {"accuracy": 0.9}, "drifts": 0, "topic": "fb", "partition": partition,
+                "owner_partition": 1}
+
+    await store.commit("fb", 1, snapshot=b"a", offset=9, event_ids=[], statuses={"sea-tree": status(1, 2_170)})
+    await store.commit("fb", 2, snapshot=b"b", offset=9, event_ids=[], statuses={"sea-tree": status(2, 50)})
+    rows = cli_json(env, "learners", "--json")
+    assert [(r["partition"], r["n_learned"], r["split"], r["owner_partition"]) for r in rows] == [
+        (1, 2_170, True, 1), (2, 50, True, 1),
+    ]
+    table = subprocess.run([sys.executable, "-m", "workers.cli", "learners"], env={**env, "COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "1 (owner)" in table and "2 (split; owner 1)" in table and "2,170" in table and "50" in table
+    assert "sea-tree: held by more than one partition" in table
+
+    await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())  # two partitions
+    said = subprocess.run([sys.executable, "-m", "workers.cli", "partition", "sea", "sea-tree", "churn-eu"], env=env,
+                          capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert said[1:] == [f"{n}\t{owner_partition(n, 2)}" for n in ("sea", "sea-tree", "churn-eu")]
