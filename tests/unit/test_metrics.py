@@ -348,7 +348,8 @@ LOOP = {"learnloop_events_in", "learnloop_events_deadlettered"}
 BATCH_LOOP = LOOP | {"learnloop_duplicates_dropped", "learnloop_batch_seconds"}
 FAMILIES: dict[type[Any], set[str]] = {
     FeedbackMetrics: BATCH_LOOP | {
-        "learnloop_events_learned", "learnloop_learn_seconds", "learnloop_learner_metric", "learnloop_learner_events",
+        "learnloop_events_learned", "learnloop_events_forwarded", "learnloop_learn_seconds", "learnloop_learner_metric",
+        "learnloop_learner_events",
         "learnloop_drift_alarms", "learnloop_snapshots", "learnloop_snapshot_age_seconds",
         "learnloop_model_publications", "learnloop_publish_capture_seconds",
     },

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from learners.config import LearnersConfig
 from schemas import DeadLetter
 from streams.feedback import LearnerSlot, PartitionState
-from streams.metrics import Metrics
+from streams.metrics import FeedbackMetrics
 from streams.partitioning import FORWARDED_FROM, owner_partition
 from tests.unit.test_feedback_processor import TOPIC, Record, feedback, records, rig
 from tests.unit.test_live_models import Clock, MemoryModelStore, publisher, trained
@@ -101,7 +101,7 @@ async def test_a_record_that_cannot_be_learned_leaves_no_empty_slot() -> None:
 async def test_forwards_are_counted_in_the_metrics() -> None:
     r = rig()
     r.state = PartitionState(TOPIC, 1)
-    m = Metrics(CollectorRegistry())
+    m = FeedbackMetrics(CollectorRegistry())
     m.record_batch(TOPIC, 3, await r.processor.process(r.state, records([feedback()] * 3, partition=1), partitions=2))
     assert m.registry.get_sample_value("learnloop_events_forwarded_total", {"topic": TOPIC}) == 3.0
 
