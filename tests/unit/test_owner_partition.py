@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 import zlib
 from collections import Counter
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import CollectorRegistry
@@ -15,8 +17,10 @@ from schemas import DeadLetter
 from streams.feedback import LearnerSlot, PartitionState
 from streams.metrics import FeedbackMetrics
 from streams.partitioning import FORWARDED_FROM, owner_partition
+from tests.unit.test_api_history import Recorder
 from tests.unit.test_feedback_processor import TOPIC, Record, feedback, records, rig
 from tests.unit.test_live_models import Clock, MemoryModelStore, publisher, trained
+from workers.api.history import HistorySampler, Point
 
 # org.apache.kafka.common.utils.Utils.murmur2 of these UTF-8 keys, as the Java client computes them
 # (the vectors kafkajs checks its Java-compatible partitioner against).
@@ -120,3 +124,14 @@ def test_only_the_owners_model_is_published() -> None:
     left_behind.slots = {"sea-tree": LearnerSlot(trained("sea-tree", 500))}
     assert p.capture([left_behind, owner], partitions=3) == 1
     assert p._pending["sea-tree"].version == 10  # the model that learns now, not the bigger stale one
+
+
+def test_the_status_history_follows_the_owners_model_of_a_split_learner() -> None:
+    async def statuses() -> list[dict[str, Any]]:
+        row = {"name": "sea-tree", "metrics": {"accuracy": 0.9}, "owner_partition": 1, "split": True}
+        return [{**row, "partition": 1, "n_learned": 2_170, "learned_at": 5.0},
+                {**row, "partition": 2, "n_learned": 50, "learned_at": 4.0}]  # listed last, and left behind
+
+    rec = Recorder()
+    assert asyncio.run(HistorySampler(statuses, rec, every_s=1.0).sample(now=9.0)) == 1  # type: ignore[arg-type]
+    assert rec.appended == [{"sea-tree": Point(5.0, 2_170, "accuracy", 0.9)}]

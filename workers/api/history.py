@@ -148,6 +148,8 @@ class HistorySampler:
         now = time.time() if now is None else now
         points = {}
         for st in await self.statuses():
+            if st.get("split") and st.get("partition") != st.get("owner_partition"):
+                continue  # a model left on its former partition: the history follows the one that learns now
             name, pt = st.get("name"), point_of(st, now)
             if isinstance(name, str) and pt is not None:
                 points[name] = pt
