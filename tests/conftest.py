@@ -42,7 +42,8 @@ def no_process_outlives_its_test() -> Iterator[None]:
         return
     before = processes.children(os.getpid())
     yield
-    leaked = processes.children(os.getpid()) - before
+    # A process told to stop a moment ago may still be on its way out: give it a few seconds.
+    leaked = processes.wait_gone(processes.children(os.getpid()) - before, 5)
     if leaked:
         what = processes.describe(leaked)
         processes.kill(leaked)
