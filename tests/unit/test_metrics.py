@@ -325,6 +325,19 @@ def test_a_taken_port_stops_the_worker_with_one_line_naming_the_setting(metrics:
             serve_metrics("127.0.0.1", port, metrics.registry)
 
 
+def test_a_taken_port_stops_the_lag_exporter_with_one_line() -> None:
+    from workers.lag.config import LagConfig
+    from workers.lag.exporter import LagExporter
+
+    exporter = LagExporter(None, LagConfig())  # type: ignore[arg-type]  # serving needs no monitor
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"lag metrics on 127.0.0.1:{port} .*LEARNLOOP_LAG__METRICS_PORT"):
+            exporter.serve("127.0.0.1", port)
+
+
 def test_each_worker_has_its_own_default_port_and_one_setting_overrides_or_disables(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

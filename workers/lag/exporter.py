@@ -36,7 +36,7 @@ from wsgiref.simple_server import WSGIServer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from schemas.errors import StoreUnavailable
+from schemas.errors import ConfigError, StoreUnavailable
 from workers.lag.config import LagConfig
 from workers.lag.monitor import LagMonitor, LagView
 from workers.lag.status import GROUP_STATUSES, PARTITION_STATUSES
@@ -172,8 +172,17 @@ class LagExporter:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` from a daemon thread; returns the port (useful with port 0)."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.metrics.registry)
+        """Serve ``/metrics`` from a daemon thread; returns the port (useful with port 0).
+
+        A port that cannot be bound is a :class:`ConfigError`: the exporter has nothing else to do.
+        """
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.metrics.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve lag metrics on {host}:{port} ({exc.strerror or exc}): another process has that port; "
+                "set LEARNLOOP_LAG__METRICS_PORT to a free port"
+            ) from None
         bound = int(self._server.server_port)
         log.info("lag exporter: metrics on http://%s:%d/metrics", host, bound)
         return bound
