@@ -86,8 +86,11 @@ class ModelStore(Protocol):
     store already holds that version or a newer one, so a version is never rewritten.
     """
 
-    async def publish(self, learner: str, version: int, blob: bytes) -> int:
-        """Store ``blob`` as ``version`` and make it the latest unless one ``>= version`` is there; the latest."""
+    async def publish(self, learner: str, version: int, blob: bytes) -> tuple[bool, int]:
+        """Store ``blob`` as ``version`` and make it the latest unless one ``>= version`` is there.
+
+        Returns whether it was stored, and the latest version after the call.
+        """
         ...
 
     async def fetch(self, learner: str, version: int) -> bytes | None:

@@ -169,11 +169,11 @@ class ModelPublisher:
     async def _publish(self, capture: _Capture) -> None:
         name, version = capture.learner, capture.version
         try:
-            latest = await self.store.publish(name, version, capture.blob)
+            stored, latest = await self.store.publish(name, version, capture.blob)
         except Exception as exc:  # StoreUnavailable, or a store error: learning goes on, the next tick retries
             self._failed(capture, exc)
             return
-        if latest != version:  # the store has this number or a newer one: a replay after a rewind
+        if not stored:  # the store has this number or a newer one: a replay after a rewind
             self.metrics.model_publications.labels(name, "superseded").inc()
             self._captured[name] = max(self._captured.get(name, 0), latest)
             return

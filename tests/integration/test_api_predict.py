@@ -181,7 +181,7 @@ async def test_a_tampered_published_snapshot_is_refused_and_the_served_version_s
         forged = version + 1000
         tampered = bytearray(blob)
         tampered[len(blob) // 2] ^= 0xFF  # one flipped byte in the pickle: the signature no longer verifies
-        assert await models.publish("sea", forged, bytes(tampered)) == forged
+        assert await models.publish("sea", forged, bytes(tampered)) == (True, forged)
         uri = models.uri("sea", forged)
     finally:
         await models.close()

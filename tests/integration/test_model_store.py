@@ -25,12 +25,12 @@ async def models(redis_url: str, unique: str) -> AsyncIterator[RedisModelStore]:
 
 async def test_versions_only_grow_and_a_stored_version_is_never_rewritten(models: RedisModelStore) -> None:
     assert await models.fetch_latest("sea") is None
-    assert await models.publish("sea", 10, b"ten") == 10
-    assert await models.publish("sea", 10, b"another ten") == 10  # refused: it returns the latest
-    assert await models.publish("sea", 7, b"seven") == 10
+    assert await models.publish("sea", 10, b"ten") == (True, 10)
+    assert await models.publish("sea", 10, b"another ten") == (False, 10)  # refused: it says the latest
+    assert await models.publish("sea", 7, b"seven") == (False, 10)
     assert await models.fetch("sea", 10) == b"ten"
     assert await models.fetch("sea", 7) is None
-    assert await models.publish("sea", 12, b"twelve") == 12
+    assert await models.publish("sea", 12, b"twelve") == (True, 12)
     assert await models.fetch_latest("sea") == (12, b"twelve")
     assert await models.latest_versions() == {"sea": 12}
     assert await models.latest_versions(["sea", "ctr"]) == {"sea": 12}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -206,7 +208,7 @@ async def test_a_tampered_publication_is_refused_and_the_old_version_keeps_servi
         state, meta = load_snapshot(found[1], key=key)
         forged = dump_snapshot(state, key=key, n_seen=1001, offsets={}, extra={**meta.extra, "version": 1001})
         forged = forged[:-40] + bytes([forged[-40] ^ 0x01]) + forged[-39:]  # a changed model: the HMAC no longer fits
-        assert await models.publish("sea", 1001, forged) == 1001
+        assert await models.publish("sea", 1001, forged) == (True, 1001)
         async with EventProducer(settings.kafka) as producer:
             await producer.send(ModelUpdate(source="attacker", model="sea", version="1001", kind="online-snapshot",
                                             uri=models.uri("sea", 1001), alias="online"))  # fmt: skip
@@ -231,3 +233,38 @@ async def _gone(store: RedisStore, key: str) -> bool:
 async def _refused(p: OnlinePredictor, version: str) -> bool:
     await asyncio.sleep(0)
     return p.refused.get("sea") == version
+
+
+async def test_versions_stay_monotonic_when_a_killed_worker_replays_what_it_had_published(
+    settings: Settings, store: RedisStore, models: RedisModelStore, tmp_path: Path
+) -> None:
+    """Published before any snapshot, then SIGKILL: the replay re-learns those numbers and rewrites none."""
+    settings.learners_file.write_text(LEARNERS)
+    await ensure_topics(settings.kafka, Topics(settings.kafka.topic_prefix).all())
+    base = {**worker_env(settings), "LEARNLOOP_SERVING__PUBLISH_EVERY_S": "0.2", "LEARNLOOP_METRICS__PORT": "0"}
+    no_snapshots = {"LEARNLOOP_FEEDBACK__SNAPSHOT_EVERY_S": "600", "LEARNLOOP_FEEDBACK__SNAPSHOT_IDLE_S": "600",
+                    "LEARNLOOP_FEEDBACK__SNAPSHOT_EVERY_EVENTS": "1000000"}  # fmt: skip
+    first = start_worker({**base, **no_snapshots}, tmp_path / "worker-1.log")
+    try:
+        await produce(settings, labelled(500))
+        await wait_for(lambda: _published(models, 500), timeout=120, what="version 500 published")
+        assert await n_learned(store) == 0, "no snapshot yet: the replay starts from nothing"
+        published = await models.fetch("sea", 500)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    second = start_worker(base, tmp_path / "worker-2.log")
+    try:
+        await wait_for(lambda: _at(store, 500), timeout=120, what="the replay snapshotted")
+        assert await models.fetch_latest("sea") == (500, published)  # the first model of that number stays
+        await produce(settings, labelled(10, start=500))
+        await wait_for(lambda: _published(models, 510), timeout=60, what="version 510 published")
+    finally:
+        assert stop_worker(second) == 0, (tmp_path / "worker-2.log").read_text()[-3000:]
+    records = await read_topic(settings.kafka, Topics(settings.kafka.topic_prefix).model_updates, expect=2)
+    versions = [int(u.version) for r in records if isinstance(u := parse_event(r.value, ModelUpdate), ModelUpdate)]
+    assert versions == sorted(set(versions)) and versions[-1] == 510  # announced in order, none twice
+
+
+async def _published(models: RedisModelStore, version: int) -> bool:
+    return (await models.latest_versions(["sea"])).get("sea", -1) >= version

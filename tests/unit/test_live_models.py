@@ -34,14 +34,14 @@ class MemoryModelStore:
         self.latest: dict[str, int] = {}
         self.down = False
 
-    async def publish(self, learner: str, version: int, blob: bytes) -> int:
+    async def publish(self, learner: str, version: int, blob: bytes) -> tuple[bool, int]:
         if self.down:
             raise StoreUnavailable("down")
         if version <= self.latest.get(learner, -1):
-            return self.latest[learner]
+            return False, self.latest[learner]
         self.blobs[(learner, version)] = blob
         self.latest[learner] = version
-        return version
+        return True, version
 
     async def fetch(self, learner: str, version: int) -> bytes | None:
         return self.blobs.get((learner, version))
@@ -134,18 +134,19 @@ async def test_publication_stores_then_announces_an_online_snapshot_with_metrics
     assert update.lineage.n_samples == 30
 
 
-async def test_a_version_the_store_already_has_is_not_rewritten_nor_announced() -> None:
+@pytest.mark.parametrize("learned", [30, 40])
+async def test_a_version_the_store_already_has_is_not_rewritten_nor_announced(learned: int) -> None:
     """After a rewind the worker re-learns numbers it published: the first model of a number stays."""
     store = MemoryModelStore()
     store.latest["sea"] = 40
     store.blobs[("sea", 40)] = b"earlier model"
     clock = Clock()
     p, sent = publisher(store, clock)
-    sea = trained("sea", 30)
+    sea = trained("sea", learned)
     p.capture([partition(sea)])
     await p.publish_pending()
     assert sent == [] and store.blobs[("sea", 40)] == b"earlier model"
-    for _ in range(10):  # replaying up to the stored number captures nothing
+    for _ in range(40 - learned):  # replaying up to the stored number captures nothing
         sea.learn_one({"x": 1.0}, Target(y=False, weight=1.0))
     clock.now = 10.0
     assert p.capture([partition(sea)]) == 0
@@ -314,7 +315,7 @@ async def test_the_predictor_predicts_what_the_learner_predicts_for_every_model(
 
 async def test_an_unexpected_store_error_is_counted_and_retried_never_raised() -> None:
     class Broken(MemoryModelStore):
-        async def publish(self, learner: str, version: int, blob: bytes) -> int:
+        async def publish(self, learner: str, version: int, blob: bytes) -> tuple[bool, int]:
             raise RuntimeError("WRONGTYPE Operation against a key holding the wrong kind of value")
 
     clock = Clock()

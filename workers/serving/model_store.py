@@ -51,7 +51,7 @@ def _as_bytes(v: bytes | str) -> bytes:
 _PUBLISH = """
 local latest = tonumber(redis.call("GET", KEYS[1]) or "-1")
 local version = tonumber(ARGV[2])
-if version <= latest then return latest end
+if version <= latest then return {0, latest} end
 local prefix = ARGV[6]
 redis.call("SET", prefix .. ARGV[2], ARGV[3])
 if latest >= 0 then redis.call("EXPIRE", prefix .. string.format("%d", latest), tonumber(ARGV[5])) end
@@ -63,7 +63,7 @@ for _, v in ipairs(old) do
   redis.call("DEL", prefix .. v)
   redis.call("ZREM", KEYS[2], v)
 end
-return version
+return {1, version}
 """
 
 # KEYS: latest pointer. ARGV: blob key prefix. The pointer and its blob in one read.
@@ -110,13 +110,14 @@ class RedisModelStore:
     def uri(self, learner: str, version: int) -> str:
         return f"{URI_SCHEME}:{self._blob_prefix(learner)}{version}"
 
-    async def publish(self, learner: str, version: int, blob: bytes) -> int:
+    async def publish(self, learner: str, version: int, blob: bytes) -> tuple[bool, int]:
         keys = [self._latest_key(learner), f"{self.prefix}model-versions:{learner}", f"{self.prefix}models"]
         args: list[str | int | bytes] = [
             learner, version, blob, self.keep, self.superseded_ttl_s, self._blob_prefix(learner)
         ]
         async with _reachable("model publication"):
-            return int(await self._publish(keys=keys, args=args))
+            stored, latest = await self._publish(keys=keys, args=args)
+        return bool(stored), int(latest)
 
     async def fetch(self, learner: str, version: int) -> bytes | None:
         async with _reachable("model fetch"):
