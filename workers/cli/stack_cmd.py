@@ -88,10 +88,13 @@ def demo(
         raise typer.BadParameter(f"must be below --events ({events})", param_hint="--switch-at")
     s = settings()
     learners_file = demo_learners_file()
-    if not s.learners_file.exists() and s.learners_file.parent.is_dir():
+    demo_learners = learners_file.read_bytes()
+    if s.learners_file.is_file() and s.learners_file.read_bytes() == demo_learners:
+        learners_file = s.learners_file  # written by an earlier demo
+    elif not s.learners_file.exists() and s.learners_file.parent.is_dir():
         # The file `learnloop dev`, the trainer and `learnloop retrain` read next in this folder: with it,
         # the samples the demo stores retrain the demo's model (`learnloop retrain sea-text`) as they are.
-        s.learners_file.write_bytes(learners_file.read_bytes())
+        s.learners_file.write_bytes(demo_learners)
         learners_file = s.learners_file
         say(f"wrote {s.learners_file}: the demo's learners (edit it to declare your own)")
     stack = EmbeddedStack(s, workers=("feedback", "conversations"), learners_file=learners_file)
@@ -121,4 +124,4 @@ def demo(
     )
     if learners_file != s.learners_file:
         say(f"to retrain sea-text on the demo's samples, run the trainer with "
-                   f"LEARNLOOP_LEARNERS_FILE={learners_file} (your {s.learners_file} was left as it is)")
+            f"LEARNLOOP_LEARNERS_FILE={learners_file} (your {s.learners_file} was left as it is)")
