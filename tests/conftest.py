@@ -129,5 +129,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "LEARNLOOP_SNAPSHOT__KEY": settings.snapshot.key.get_secret_value(),
         "LEARNLOOP_LEARNERS_FILE": str(settings.learners_file),
         "LEARNLOOP_DATA_DIR": str(settings.data_dir),
+        # No /metrics unless a test asks for a port: a taken default port (another stack on this host) stops a worker.
+        "LEARNLOOP_METRICS__PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
