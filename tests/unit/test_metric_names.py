@@ -32,7 +32,8 @@ KEY_METRICS = {
     "learnloop_api_events_rejected_total",
 }
 
-_OUTCOME_MATCHER = re.compile(r'outcome\s*(=~|=|!=|!~)\s*"([^"]*)"')
+_TRAINING_SELECTOR = re.compile(r"learnloop_training_jobs_total\s*\{([^}]*)\}")
+_OUTCOME_MATCHER = re.compile(r'\boutcome\s*(=~|=|!=|!~)\s*"([^"]*)"')
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -52,13 +53,17 @@ ALL_EXPRS = dashboard_exprs() + RULE_EXPRS
 
 
 def outcomes_named(expr: str) -> list[tuple[str, set[str]]]:
-    """Each ``outcome`` matcher of ``expr``: its operator and the outcomes it names (a regex as alternatives)."""
-    return [(op, set(value.split("|"))) for op, value in _OUTCOME_MATCHER.findall(expr)]
+    """Each ``outcome`` matcher on the training-jobs metric in ``expr``: its operator and the outcomes it
+    names (a regex as its alternatives). Other metrics' ``outcome`` labels have their own words."""
+    return [(op, set(value.split("|")))
+            for selector in _TRAINING_SELECTOR.findall(expr) for op, value in _OUTCOME_MATCHER.findall(selector)]
 
 
 def test_the_outcome_check_reads_matchers() -> None:
-    assert outcomes_named('x{outcome=~"failed|dataset_invalid", model="m"}') == [("=~", {"failed", "dataset_invalid"})]
-    assert outcomes_named("sum by (outcome) (x)") == []
+    expr = 'learnloop_training_jobs_total{outcome=~"failed|dataset_invalid", model="m"}'
+    assert outcomes_named(expr) == [("=~", {"failed", "dataset_invalid"})]
+    assert outcomes_named("sum by (outcome) (learnloop_training_jobs_total)") == []
+    assert outcomes_named('learnloop_model_loads_total{outcome=~"refused_.*"}') == []
 
 
 @pytest.mark.parametrize(("where", "expr"), ALL_EXPRS, ids=[w for w, _ in ALL_EXPRS])
