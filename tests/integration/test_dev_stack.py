@@ -223,6 +223,7 @@ def test_dev_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path, start_
     dev.proc.wait(30)
     left = processes.wait_gone(tree, 30)
     assert not left, f"orphaned by SIGKILL: {processes.describe(left)}"
+    until(lambda: not dev.env_file.exists(), 30, "dev.env to go with the stack")  # nothing points at a dead stack
 
 
 def test_a_worker_whose_metrics_port_is_taken_exits_at_start_with_one_line(settings: Settings) -> None:

@@ -3,7 +3,8 @@
 ``learnloop dev`` and ``learnloop demo`` use it; leaving the ``with`` block stops the workers
 first — so they snapshot — then Redis and the broker. Every child writes to a log file under
 ``.learnloop/logs`` (the terminal belongs to the command) and dies with its parent
-(:mod:`workers.stack.processes`). Each worker serves ``/metrics`` on a free port of its own, so two
+(:mod:`workers.stack.processes`); dev.env goes with the stack, even when the parent is SIGKILLed
+(:class:`EnvFileWatchdog`). Each worker serves ``/metrics`` on a free port of its own, so two
 stacks on one host do not collide; the ports are printed and written to ``dev.env``.
 """
 
@@ -52,6 +53,7 @@ class EmbeddedStack:
         self.env_file = Path(DEV_ENV_FILE)
         self.metrics_ports: dict[str, int] = {}
         self._wrote_env_file = False
+        self._watchdog: EnvFileWatchdog | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -92,6 +94,7 @@ class EmbeddedStack:
         self.env_file.parent.mkdir(parents=True, exist_ok=True)
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
         self._wrote_env_file = True
+        self._watchdog = EnvFileWatchdog(self.env_file, f"{DEV_PID_VAR}={os.getpid()}")
         for name in self.workers:
             self.start_worker(name)
         return self
@@ -138,6 +141,9 @@ class EmbeddedStack:
             with contextlib.suppress(FileNotFoundError):
                 self.env_file.unlink()
             self._wrote_env_file = False
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
 
     def __enter__(self) -> EmbeddedStack:
         try:
@@ -150,6 +156,44 @@ class EmbeddedStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# Blocks on its stdin, the read end of a pipe only this process writes to: the read returns when we
+# exit, however we exit (SIGKILL included), and then dev.env goes unless a newer stack owns it.
+_WATCHDOG = """
+import os, sys
+sys.stdin.buffer.read()
+path, owner = sys.argv[1], sys.argv[2]
+try:
+    with open(path) as f:
+        ours = owner in f.read().splitlines()
+    if ours:
+        os.remove(path)
+except OSError:
+    pass
+"""
+
+
+class EnvFileWatchdog:
+    """A small process that removes dev.env once this one exits, even by SIGKILL, when no handler runs."""
+
+    def __init__(self, path: Path, owner_line: str) -> None:
+        read_end, self._pipe = os.pipe()  # the write end is close-on-exec: no other child holds it
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(path.resolve()), owner_line],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            os.close(read_end)
+
+    def close(self) -> None:
+        """On a normal stop: let it go now (dev.env is already removed by then)."""
+        os.close(self._pipe)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            terminate([self.proc], 1.0)
 
 
 def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
