@@ -29,6 +29,7 @@ from schemas.errors import InvalidEvent
 from schemas.events import (
     KNOWN_SIGNALS,
     MAX_URI,
+    ROLLOUT_STATES,
     ConversationEvent,
     DataWindow,
     DriftEvent,
@@ -40,6 +41,7 @@ from schemas.events import (
     PredictionEvent,
     RelationRef,
     RetrainRequest,
+    RolloutEvent,
     WindowStats,
 )
 from schemas.export import event_json_schema, export_json_schemas, schema_file_name
@@ -56,6 +58,7 @@ __all__ = [
     "MAX_TEXT",
     "MAX_URI",
     "NAME_PATTERN",
+    "ROLLOUT_STATES",
     "TAG_PATTERN",
     "TOPIC_EVENTS",
     "AnyEvent",
@@ -78,6 +81,7 @@ __all__ = [
     "PredictionEvent",
     "RelationRef",
     "RetrainRequest",
+    "RolloutEvent",
     "Timestamp",
     "WindowStats",
     "WireModel",

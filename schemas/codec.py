@@ -25,6 +25,7 @@ from schemas.events import (
     ModelUpdate,
     PredictionEvent,
     RetrainRequest,
+    RolloutEvent,
 )
 
 E = TypeVar("E", bound=Envelope)
@@ -40,6 +41,7 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
         ModelUpdate,
         KnowledgeUpdate,
         DeadLetter,
+        RolloutEvent,
     )
 }
 """Every event model, keyed by its schema id ("feedback/1", ...)."""
@@ -53,6 +55,7 @@ TOPIC_EVENTS: dict[str, type[Envelope]] = {
     "model-updates": ModelUpdate,
     "knowledge": KnowledgeUpdate,
     "deadletter": DeadLetter,
+    "rollouts": RolloutEvent,
 }
 """The event model each topic carries, keyed by the topic name without its prefix."""
 
@@ -64,7 +67,8 @@ AnyEvent = Annotated[
     | RetrainRequest
     | ModelUpdate
     | KnowledgeUpdate
-    | DeadLetter,
+    | DeadLetter
+    | RolloutEvent,
     Field(discriminator="schema_"),
 ]
 """Any event, told apart by its ``schema`` field."""

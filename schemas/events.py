@@ -31,6 +31,7 @@ from schemas.envelope import (
     Text,
     Timestamp,
     WireModel,
+    utc_now,
 )
 
 MAX_URI = 2048
@@ -139,6 +140,16 @@ class PredictionEvent(Envelope):
     prediction: Label | None = None
     probability: Probability | None = None
     model_version: Ident
+    # Routing, for the rollout controller (all optional: a plain online prediction sets none).
+    model: Name | None = Field(default=None, description="the registered model that answered (fine-tuned serving)")
+    subject_id: Ident | None = None
+    rollout_id: Ident | None = Field(default=None, description="the rollout the request was routed under")
+    arm: Literal["champion", "challenger"] | None = None
+    shadow_of: Ident | None = Field(
+        default=None, description="on a shadow copy: the prediction_id of the answered prediction it mirrors"
+    )
+    latency_ms: Annotated[Finite, Field(ge=0)] | None = None
+    failed: StrictBool = Field(default=False, description="the version failed to predict (prediction is null)")
 
     @model_validator(mode="after")
     def _check_input(self) -> Self:
@@ -260,6 +271,42 @@ class ModelUpdate(Envelope):
     alias: Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)]
     metrics: Metrics = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
+    rollout: StrictBool = Field(
+        default=False, description="a challenger that passed the offline gate: the rollout controller rolls it out"
+    )
+
+
+ROLLOUT_STATES = ("running", "paused", "promoted", "rolled_back", "aborted", "inconclusive")
+"""A rollout's states; the first two route traffic (paused: champion only), the others are final."""
+
+
+class RolloutEvent(Envelope):
+    """The routing state of a model's rollout, on ``learnloop.rollouts`` keyed by model.
+
+    Serving processes follow the latest event per model: while ``running`` they answer each
+    request with ``learners.rollout.assign(subject_id or prediction_id, share, salt=rollout_id)``
+    (shadow: the champion answers, the challenger predicts a copy); otherwise the champion answers.
+
+    >>> from schemas import RolloutEvent, parse_event
+    >>> ev = RolloutEvent(source="rollouts", model="sea-text", rollout_id="r1", state="running", mode="canary",
+    ...                   step=0, share=5.0, champion_version="3", challenger_version="4", reason="started")
+    >>> parse_event(ev.to_json(), RolloutEvent) == ev
+    True
+    """
+
+    SCHEMA_ID: ClassVar[str] = "rollout/1"
+    schema_: Literal["rollout/1"] = Field(default="rollout/1", alias="schema")
+    model: Name
+    rollout_id: Ident
+    state: Literal["running", "paused", "promoted", "rolled_back", "aborted", "inconclusive"]
+    mode: Literal["shadow", "canary", "ab"]
+    step: Count
+    share: Annotated[Finite, Field(ge=0.0, le=100.0)]
+    champion_version: Ident | None = None
+    challenger_version: Ident
+    reason: Annotated[str, StringConstraints(max_length=MAX_COMMENT)] = ""
+    decided_at: Timestamp = Field(default_factory=utc_now)
+    statistics: Metrics = Field(default_factory=dict)
 
 
 EntityText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STR_VALUE)]

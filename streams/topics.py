@@ -13,6 +13,7 @@ TOPIC_SUFFIXES = (
     "model-updates",
     "knowledge",
     "deadletter",
+    "rollouts",
 )
 
 
@@ -64,6 +65,10 @@ class Topics:
     @property
     def deadletter(self) -> str:
         return self.name("deadletter")
+
+    @property
+    def rollouts(self) -> str:
+        return self.name("rollouts")
 
     def all(self) -> list[str]:
         return [self.name(s) for s in TOPIC_SUFFIXES]

@@ -38,6 +38,7 @@ from schemas import (
     PredictionEvent,
     RelationRef,
     RetrainRequest,
+    RolloutEvent,
     WindowStats,
     export_json_schemas,
     parse_event,
@@ -88,6 +89,12 @@ SAMPLES: list[Envelope] = [
     DeadLetter.from_record(
         topic="learnloop.feedback", partition=0, offset=7, key=b"k", value=b"{", error=ValueError("x"), source="agent"
     ),
+    RolloutEvent(source="rollouts", model="sea-text", rollout_id="r1", state="running", mode="canary", step=1,
+                 share=25.0, champion_version="3", challenger_version="4", reason="step 1 passed",
+                 statistics={"difference_lower": -0.02}),
+    PredictionEvent(source="gateway", prediction_id="p-1:shadow", learner="sea-text", text="hi", prediction=True,
+                    model_version="4", model="sea-text", rollout_id="r1", arm="challenger", shadow_of="p-1",
+                    latency_ms=3.5),
 ]
 
 
@@ -108,8 +115,8 @@ def test_every_event_round_trips_through_json_and_dict(event: Envelope) -> None:
     assert event.to_dict()["schema"] == event.SCHEMA_ID
 
 
-def test_registries_cover_the_eight_events() -> None:
-    assert sorted(EVENT_MODELS) == sorted(type(e).SCHEMA_ID for e in SAMPLES)
+def test_registries_cover_every_event() -> None:
+    assert set(EVENT_MODELS) == {type(e).SCHEMA_ID for e in SAMPLES}
     assert set(TOPIC_EVENTS.values()) == set(EVENT_MODELS.values())
     assert FeedbackEvent.SCHEMA_ID == "feedback/1"
 
@@ -344,6 +351,7 @@ def test_export_writes_a_valid_json_schema_per_event(tmp_path: Path) -> None:
             "model-update",
             "knowledge",
             "deadletter",
+            "rollout",
         )
     )
     for path in paths:
