@@ -96,6 +96,9 @@ class ServingConfig(BaseModel):
     # The feedback worker publishes a changed learner at most this often, and after every snapshot.
     publish: bool = True
     publish_every_s: float = Field(default=1.0, gt=0)
+    # Loop time one capture may spend pickling learners (at least one is captured); the others are
+    # captured after the next batch, so many large learners never hold one batch up for long.
+    capture_budget_ms: float = Field(default=20.0, gt=0)
     # Versions kept per learner in the store; a superseded one expires after ``superseded_ttl_s``
     # (the latest never expires: a learner without feedback for a week still serves).
     keep_versions: int = Field(default=5, ge=1, le=1000)

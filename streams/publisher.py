@@ -85,6 +85,8 @@ class ModelPublisher:
         self._pending: dict[str, _Capture] = {}  # newest capture per learner, not yet stored
         self._failing: set[str] = set()
         self._last = -math.inf
+        self._captured_at: dict[str, float] = {}  # clock() at each learner's last capture
+        self._behind = False  # the last capture ran out of its budget: continue at the next batch
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -102,26 +104,37 @@ class ModelPublisher:
         Never awaits: called between batches, while no learner is being changed.
         """
         now = self.clock()
-        if not after_snapshot and now - self._last < self.config.publish_every_s:
+        if not (after_snapshot or self._behind) and now - self._last < self.config.publish_every_s:
             return 0
         self._last = now
-        captured = 0
+        changed = []
         for state in states:
-            offsets = {f"{state.topic}:{state.partition}": state.next_offset}
             for name, slot in state.slots.items():
-                version = slot.learner.n_seen
-                if version <= self._captured.get(name, 0):
+                if slot.learner.n_seen <= self._captured.get(name, 0):
                     continue
                 if partitions is not None and owner_partition(name, partitions) != state.partition:
                     continue
-                t0 = time.perf_counter()
-                metrics = {k: v for k, v in slot.learner.metrics.items() if math.isfinite(v)}
-                extra = {"learner": name, "version": version, "metrics": metrics, "task": slot.learner.spec.task}
-                blob = dump_snapshot(slot.learner, key=self.snapshot_key, n_seen=version, offsets=offsets, extra=extra)
-                self.metrics.publish_capture_seconds.observe(time.perf_counter() - t0)
-                self._pending[name] = _Capture(name, version, blob, metrics)
-                self._captured[name] = version
-                captured += 1
+                changed.append((self._captured_at.get(name, -math.inf), name, slot, state))
+        # Within the loop-time budget, the learners captured longest ago first: many large learners
+        # are captured over several batches instead of holding one batch up for all of them.
+        changed.sort(key=lambda c: c[0])
+        budget_s, started, captured = self.config.capture_budget_ms / 1000, time.perf_counter(), 0
+        self._behind = False
+        for _, name, slot, state in changed:
+            if captured and time.perf_counter() - started >= budget_s:
+                self._behind = True  # the rest after the next batch, whatever the timer says
+                break
+            t0 = time.perf_counter()
+            version = slot.learner.n_seen
+            metrics = {k: v for k, v in slot.learner.metrics.items() if math.isfinite(v)}
+            extra = {"learner": name, "version": version, "metrics": metrics, "task": slot.learner.spec.task}
+            offsets = {f"{state.topic}:{state.partition}": state.next_offset}
+            blob = dump_snapshot(slot.learner, key=self.snapshot_key, n_seen=version, offsets=offsets, extra=extra)
+            self.metrics.publish_capture_seconds.observe(time.perf_counter() - t0)
+            self._pending[name] = _Capture(name, version, blob, metrics)
+            self._captured[name] = version
+            self._captured_at[name] = now
+            captured += 1
         if captured:
             self._wake.set()
         return captured

@@ -89,7 +89,8 @@ def publisher(store: MemoryModelStore, clock: Clock) -> tuple[ModelPublisher, li
     async def announce(events: list[Envelope]) -> None:
         sent.extend(events)
 
-    p = ModelPublisher(store=store, snapshot_key=KEY, source="test", config=ServingConfig(publish_every_s=1.0),
+    config = ServingConfig(publish_every_s=1.0, capture_budget_ms=60_000)  # no budget: these tests are about timing
+    p = ModelPublisher(store=store, snapshot_key=KEY, source="test", config=config,
                        metrics=FeedbackMetrics(CollectorRegistry()), clock=clock)  # fmt: skip
     p._announce = announce
     return p, sent
@@ -385,3 +386,25 @@ async def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_many_changed_learners_are_captured_over_several_batches_within_the_budget() -> None:
+    store, clock = MemoryModelStore(), Clock()
+    p = ModelPublisher(store=store, snapshot_key=KEY, source="test", metrics=FeedbackMetrics(CollectorRegistry()),
+                       config=ServingConfig(capture_budget_ms=0.001), clock=clock)  # fmt: skip
+    state = partition(trained("a", 10), trained("b", 10), trained("c", 10))
+    assert p.capture([state]) == 1  # one at least, then the budget is spent
+    clock.now = 0.1
+    assert p.capture([state]) == 1  # not due by the timer: it carries on with the others
+    clock.now = 0.2
+    assert p.capture([state]) == 1
+    assert p.capture([state]) == 0  # all captured, and not due
+    assert sorted(p._pending) == ["a", "b", "c"]
+    learn = {name: state.slots[name].learner.learn_one for name in "ac"}
+    learn["a"]({"x": 1.0}, Target(y=False, weight=1.0))
+    learn["c"]({"x": 1.0}, Target(y=False, weight=1.0))
+    clock.now = 2.0
+    assert p.capture([state]) == 1 and p._pending["a"].version == 11  # captured at 0.0, c at 0.2
+    learn["a"]({"x": 1.0}, Target(y=False, weight=1.0))  # a changes all the time: it cannot starve c
+    assert p.capture([state]) == 1 and p._pending["c"].version == 11
+    assert p.capture([state]) == 1 and p._pending["a"].version == 12
