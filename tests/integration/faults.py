@@ -6,7 +6,8 @@ before that command reaches Redis, unless the test spares it; connection set-up 
 AUTH, CLIENT, SELECT) always goes through, so a spared command works on a new connection
 too. A cut starts now (:meth:`RedisFaultProxy.cut`) or when a chosen command arrives
 (:meth:`RedisFaultProxy.cut_when`); that command is not forwarded either, so a transaction
-it belongs to (MULTI ... EXEC) is discarded by Redis: the commit fails.
+it belongs to (MULTI ... EXEC) is discarded by Redis: the commit fails. During a *freeze*
+(:meth:`RedisFaultProxy.freeze`) commands are held, not refused, as a stopped server holds them.
 
 A refused command fails at once in redis-py ("Connection closed by server"): it does not
 retry a command whose connection closed after it was sent.
@@ -93,6 +94,7 @@ class RedisFaultProxy:
         self.triggered = threading.Event()  # set when a cut_when trigger fired
         self._lock = threading.Lock()
         self._cut_until = 0.0
+        self._frozen_until = 0.0
         self._spare: Match = nothing
         self._trigger: tuple[Match, float, Match] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,10 +123,15 @@ class RedisFaultProxy:
             self._trigger = (trigger, seconds, spare)
             self.triggered.clear()
 
-    def heal(self) -> None:
-        """End the cut now and disarm any trigger."""
+    def freeze(self, seconds: float) -> None:
+        """For ``seconds`` from now, hold every command (set-up included) without answering or closing."""
         with self._lock:
-            self._cut_until, self._trigger = 0.0, None
+            self._frozen_until = time.monotonic() + seconds
+
+    def heal(self) -> None:
+        """End any cut or freeze now and disarm any trigger."""
+        with self._lock:
+            self._cut_until, self._frozen_until, self._trigger = 0.0, 0.0, None
 
     def close(self) -> None:
         if not self._runner.closed:
@@ -179,6 +186,8 @@ class RedisFaultProxy:
         try:
             while data := await client_r.read(1 << 16):
                 buf += data
+                while (held := self._frozen_until - time.monotonic()) > 0:
+                    await asyncio.sleep(min(held, 0.1))
                 out = bytearray()
                 while (got := take_command(buf)) is not None:
                     size, cmd = got

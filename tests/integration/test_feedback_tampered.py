@@ -31,7 +31,7 @@ async def test_a_tampered_snapshot_stops_the_worker_and_lag_and_metrics_say_why(
 ) -> None:
     settings.learners_file.write_text(LEARNERS)
     events = [FeedbackEvent(learner="sea", features=x, label=y, source="test") for x, y in sea_with_switch(900, 0)]
-    env = worker_env(settings)
+    env = {**worker_env(settings), "LEARNLOOP_METRICS__PORT": "0"}  # no port another test's worker may hold
     await produce(settings, events[:600])
     first = start_worker(env, tmp_path / "worker-1.log")
     try:
