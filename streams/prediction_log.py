@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LogEntry = tuple["Prediction", dict[str, FeatureValue] | None, str | None]
+LogEntry = tuple["Prediction", dict[str, FeatureValue] | None, str | None, str | None]
+"""What was served, the features and text it was served for, and the subject."""
 
 
 class PredictionLog:
@@ -117,9 +118,9 @@ class PredictionLog:
         counts: collections.Counter[str] = collections.Counter()
         invalid = 0
         while self._queue:
-            prediction, features, text = self._queue.popleft()
+            prediction, features, text, subject_id = self._queue.popleft()
             try:
-                event = _prediction_event(prediction, features, text, self.source)
+                event = _prediction_event(prediction, features, text, subject_id, self.source)
             except ValidationError as exc:
                 invalid += 1
                 if invalid == 1:
@@ -139,7 +140,11 @@ class PredictionLog:
 
 
 def _prediction_event(
-    prediction: Prediction, features: dict[str, FeatureValue] | None, text: str | None, source: str
+    prediction: Prediction,
+    features: dict[str, FeatureValue] | None,
+    text: str | None,
+    subject_id: str | None,
+    source: str,
 ) -> PredictionEvent:
     probability = None
     if prediction.probabilities is not None and prediction.label is not None:
@@ -153,6 +158,7 @@ def _prediction_event(
         prediction=prediction.prediction,
         probability=probability,
         model_version=prediction.model_version,
+        subject_id=subject_id,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from learners.models import FeatureValue, with_text
@@ -138,25 +138,35 @@ class OnlinePredictor:
         features: Mapping[str, FeatureValue] | None = None,
         text: str | None = None,
         *,
+        subject_id: str | None = None,
         log: bool | None = None,
     ) -> Prediction:
-        """Predict with the served version of ``learner``; logs a ``PredictionEvent`` unless ``log`` is false."""
+        """Predict with the served version of ``learner``; logs a ``PredictionEvent`` unless ``log`` is false.
+
+        ``subject_id`` (the user, session, ...) is logged with the prediction; it does not change it.
+        """
         served = self._served.get(learner)  # one read: a swap during the call does not change this version
         if served is None:
             raise self._live.missing(learner)
-        return self._predict(served, features, text, self.log if log is None else self._logged(log))
+        return self._predict(served, features, text, subject_id, self.log if log is None else self._logged(log))
 
     def predict_many(
         self,
         learner: str,
         inputs: Iterable[tuple[Mapping[str, FeatureValue] | None, str | None]],
         *,
+        subject_ids: Sequence[str | None] | None = None,
         log: bool | None = None,
     ) -> list[Prediction]:
-        """Predict ``(features, text)`` pairs, all with one version of ``learner``."""
+        """Predict ``(features, text)`` pairs, all with one version of ``learner`` (``subject_ids``: one per input)."""
         served = self.get(learner)
         logged = self.log if log is None else self._logged(log)
-        return [self._predict(served, features, text, logged) for features, text in inputs]
+        if subject_ids is None:
+            return [self._predict(served, features, text, None, logged) for features, text in inputs]
+        pairs = list(inputs)
+        if len(subject_ids) != len(pairs):
+            raise ValueError(f"{len(subject_ids)} subject_ids for {len(pairs)} inputs")
+        return [self._predict(served, f, t, s, logged) for (f, t), s in zip(pairs, subject_ids, strict=True)]
 
     def versions(self) -> dict[str, str]:
         """The version served per learner (for status pages)."""
@@ -168,7 +178,12 @@ class OnlinePredictor:
         return log
 
     def _predict(
-        self, served: Served, features: Mapping[str, FeatureValue] | None, text: str | None, logged: bool
+        self,
+        served: Served,
+        features: Mapping[str, FeatureValue] | None,
+        text: str | None,
+        subject_id: str | None,
+        logged: bool,
     ) -> Prediction:
         # The hot path: River's own call plus about a microsecond (no copies, no validation,
         # the tuple built directly); see bench/ for the comparison with predict_proba_one.
@@ -195,7 +210,7 @@ class OnlinePredictor:
                 prediction = _new_tuple(Prediction, (served.learner, pid, served.version, label, probabilities, None))
         if logged:
             # A copy: the app may reuse its dict, and the log must hold what was served.
-            self._enqueue((prediction, None if features is None else dict(features), text))
+            self._enqueue((prediction, None if features is None else dict(features), text, subject_id))
         return prediction
 
     # -- lifecycle ----------------------------------------------------------------
@@ -288,18 +303,20 @@ class SyncOnlinePredictor(BlockingClient[OnlinePredictor]):
         features: Mapping[str, FeatureValue] | None = None,
         text: str | None = None,
         *,
+        subject_id: str | None = None,
         log: bool | None = None,
     ) -> Prediction:
-        return self._async.predict(learner, features, text, log=log)
+        return self._async.predict(learner, features, text, subject_id=subject_id, log=log)
 
     def predict_many(
         self,
         learner: str,
         inputs: Iterable[tuple[Mapping[str, FeatureValue] | None, str | None]],
         *,
+        subject_ids: Sequence[str | None] | None = None,
         log: bool | None = None,
     ) -> list[Prediction]:
-        return self._async.predict_many(learner, inputs, log=log)
+        return self._async.predict_many(learner, inputs, subject_ids=subject_ids, log=log)
 
     def versions(self) -> dict[str, str]:
         return self._async.versions()

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from learners.labels import Target
 from learners.snapshot import dump_snapshot, load_snapshot
-from schemas import DeadLetter, FeedbackEvent, ModelUpdate, parse_event
+from schemas import DeadLetter, FeedbackEvent, ModelUpdate, PredictionEvent, parse_event
 from streams.admin import ensure_topics
 from streams.config import ServingConfig
 from streams.metrics import PredictorMetrics
@@ -157,9 +157,15 @@ async def test_predict_then_feedback_by_prediction_id_learns_exactly_the_served_
     with sync_online_predictor(settings, ["sea"]) as p:
         await wait_for(lambda: _serves(p, 1000), timeout=60, what="version 1000 served")
         served = p.get("sea")
-        prediction = p.predict("sea", {"x": 9.0})
+        prediction = p.predict("sea", {"x": 9.0}, subject_id="user-7")
         p.flush()
         assert prediction.label is True
+        await wait_for(lambda: _joinable(store, prediction.prediction_id), timeout=60, what="the prediction stored")
+        [stored] = await store.get_predictions([prediction.prediction_id])
+        logged = parse_event(stored or b"", PredictionEvent)
+        assert isinstance(logged, PredictionEvent)
+        assert (logged.features, logged.prediction, logged.model_version, logged.subject_id) == (
+            {"x": 9.0}, True, "1000", "user-7")
         await produce(settings, [FeedbackEvent(learner="sea", prediction_id=prediction.prediction_id, label=False,
                                                source="test")])  # fmt: skip
         await wait_for(lambda: _serves(p, 1001), timeout=60, what="version 1001 served")
@@ -268,3 +274,7 @@ async def test_versions_stay_monotonic_when_a_killed_worker_replays_what_it_had_
 
 async def _published(models: RedisModelStore, version: int) -> bool:
     return (await models.latest_versions(["sea"])).get("sea", -1) >= version
+
+
+async def _joinable(store: RedisStore, prediction_id: str) -> bool:
+    return (await store.get_predictions([prediction_id])) != [None]

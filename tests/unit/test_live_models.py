@@ -277,17 +277,20 @@ async def test_regression_serves_a_value_and_ids_are_unique() -> None:
     assert len(ids) == 1000
     with pytest.raises(ValueError, match="features or text"):
         p.predict("price")
+    with pytest.raises(ValueError, match="1 subject_ids for 2 inputs"):
+        p.predict_many("price", [({"x": 1.0}, None), ({"x": 2.0}, None)], subject_ids=["u1"])
     with pytest.raises(ValueError, match="log=False"):
         p.predict("price", {"x": 1.0}, log=True)
 
 
 def test_a_logged_prediction_is_the_event_feedback_joins_to() -> None:
     proba = {True: 0.75, False: 0.25}
-    event = _prediction_event(Prediction("sea", "p-1", "50", True, proba), {"x": 1.0}, "hi", "shop")
+    event = _prediction_event(Prediction("sea", "p-1", "50", True, proba), {"x": 1.0}, "hi", "user-7", "shop")
     assert isinstance(event, PredictionEvent)
     assert (event.prediction_id, event.learner, event.model_version) == ("p-1", "sea", "50")
     assert (event.features, event.text, event.prediction, event.probability) == ({"x": 1.0}, "hi", True, 0.75)
-    value = _prediction_event(Prediction("price", "p-2", "7", None, None, 12.5), {"x": 1.0}, None, "shop")
+    assert event.subject_id == "user-7"
+    value = _prediction_event(Prediction("price", "p-2", "7", None, None, 12.5), {"x": 1.0}, None, None, "shop")
     assert (value.prediction, value.probability) == (12.5, None)
 
 
@@ -367,14 +370,16 @@ async def test_predictions_logged_from_another_thread_are_sent_and_overflow_is_c
     plog = PredictionLog(KafkaConfig(), source="app", capacity=3, topics=Topics(), metrics=metrics,
                          producer=producer)  # type: ignore[arg-type]  # fmt: skip
     await plog.start()
-    entries = [(Prediction("sea", f"p-{i}", "50", True, {True: 0.9, False: 0.1}), {"x": 1.0}, None) for i in range(5)]
+    entries = [(Prediction("sea", f"p-{i}", "50", True, {True: 0.9, False: 0.1}), {"x": 1.0}, None, f"u{i}")
+               for i in range(5)]
     await asyncio.to_thread(lambda: [plog.enqueue(e) for e in entries])  # 3 fit, 2 overflow
     await wait_until(lambda: len(producer.sent) == 3)
-    bad = (Prediction("sea", "p-bad", "50", True, {True: 0.9}), {"x": [1, 2]}, None)  # not a flat feature value
+    bad = (Prediction("sea", "p-bad", "50", True, {True: 0.9}), {"x": [1, 2]}, None, None)  # not a flat feature value
     plog.enqueue(bad)  # type: ignore[arg-type]
     await plog.flush()
     await plog.stop()
     assert [e.prediction_id for e in producer.sent] == ["p-0", "p-1", "p-2"]  # type: ignore[attr-defined]
+    assert [e.subject_id for e in producer.sent] == ["u0", "u1", "u2"]  # type: ignore[attr-defined]
     value = metrics.registry.get_sample_value
     assert value("learnloop_prediction_logs_dropped_total", {"reason": "buffer_full"}) == 2.0
     assert value("learnloop_prediction_logs_dropped_total", {"reason": "invalid"}) == 1.0
