@@ -19,7 +19,7 @@ from streams.admin import ensure_topics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.conftest import worker_env
-from tests.integration.util import cli_json, read_topic, start_worker, stop_worker
+from tests.integration.util import cli_json, read_topic, start_worker, stop_worker, wait_for
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -51,6 +51,7 @@ def stream(n: int, flip_at: int, seed: int = 5) -> list[FeedbackEvent]:
     return events
 
 
+@pytest.mark.timeout(600)  # fine-tuning on a loaded 2-core machine
 async def test_drift_triggers_fine_tuning_and_a_model_update(settings: Settings, tmp_path: Path) -> None:
     settings.learners_file.write_text(LEARNERS)
     env = {
@@ -72,10 +73,20 @@ async def test_drift_triggers_fine_tuning_and_a_model_update(settings: Settings,
     try:
         async with EventProducer(settings.kafka) as p:
             await p.send_many(stream(3000, flip_at=1500))
-        records = await read_topic(settings.kafka, topics.model_updates, expect=1, timeout=300)
-        assert records, "no model update within 300 s:\n" + (tmp_path / "trainer.log").read_text()[-4000:]
-        update = parse_event(records[0].value, ModelUpdate)
-        assert isinstance(update, ModelUpdate)
+        # The feedback worker announces online snapshots of the learner on the same topic: wait for the trainer's.
+        fine_tuned: list[ModelUpdate] = []
+
+        async def announced() -> bool:
+            records = await read_topic(settings.kafka, topics.model_updates, expect=1_000_000, timeout=1)
+            updates = [parse_event(r.value, ModelUpdate) for r in records]
+            fine_tuned[:] = [u for u in updates if isinstance(u, ModelUpdate) and u.kind == "fine-tuned"]
+            return bool(fine_tuned)
+
+        try:
+            await wait_for(announced, timeout=420, every=1, what="a fine-tuned model update")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n" + (tmp_path / "trainer.log").read_text()[-4000:]) from None
+        update = fine_tuned[0]
         assert (update.model, update.version, update.alias) == ("answers-text", "1", "champion")
         assert update.lineage.n_samples is not None and update.lineage.n_samples >= 200
 
