@@ -18,6 +18,7 @@ assignment, so CONSUMER-ID, HOST and CLIENT-ID show "-" there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -193,9 +194,10 @@ class BrokerReader:
             # A high watermark alone is no answer while records lie between the position and it: a broker
             # may fill one fetch response with some partitions' records and send only the high watermark
             # for the others (Tansu does under a backlog). Those stay unpaused, so the next fetch asks
-            # again at the same position; taking the first answer made the time lag flap. (A log emptied
-            # by retention under the position keeps its partition here until the deadline.)
-            done = [tp for tp, hw in answered.items() if tp in first or max(0, positions[tp]) >= hw]
+            # again at the same position; taking the first answer made the time lag flap. The consumer's
+            # own position is the one compared: it moves past control batches, and to the log start when
+            # retention removed the position, where no record may be left before the high watermark.
+            done = [tp for tp, hw in answered.items() if tp in first or await _position(c, tp, deadline) >= hw]
             if done:
                 c.pause(*done)
                 pending.difference_update(done)
@@ -217,6 +219,14 @@ class BrokerReader:
                 value=rec.value if rec is not None else None,
             )
         return out
+
+
+async def _position(c: AIOKafkaConsumer, tp: TopicPartition, deadline: float) -> int:
+    """Where the consumer will fetch ``tp`` next; -1 while a reset is still under way at the deadline."""
+    try:
+        return int(await asyncio.wait_for(c.position(tp), timeout=max(0.01, deadline - time.monotonic())))
+    except TimeoutError:
+        return -1
 
 
 def _keep_first(first: dict[TopicPartition, Any], batch: Mapping[TopicPartition, list[Any]]) -> None:
