@@ -207,7 +207,10 @@ class LiveModels:
     def _announced(self, records: Sequence[Any]) -> dict[str, int]:
         """The newest announced online-snapshot version per followed learner; older ones are never loaded."""
         newest: dict[str, int] = {}
+        followed = self.learners
         for rec in records:
+            if followed is not None and rec.key is not None and rec.key.decode(errors="replace") not in followed:
+                continue  # keyed by model: another learner's (or a fine-tuned model's) update, not parsed
             try:
                 update = parse_event(rec.value or b"", ModelUpdate)
             except InvalidEvent as error:

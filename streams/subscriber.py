@@ -252,6 +252,10 @@ class ModelSubscriber:
 
     def _collect(self, records: list[ConsumerRecord[bytes, bytes]], pending: dict[str, list[ModelUpdate]]) -> None:
         for rec in records:
+            if rec.key is not None and rec.key.decode(errors="replace") not in self.models:
+                # Keyed by model: another model's update, not parsed. The feedback worker announces
+                # every learner about once a second, so most records of the topic are these.
+                continue
             try:
                 if rec.value is None:
                     raise InvalidEvent("record has no value", reason="invalid_json")
