@@ -270,7 +270,7 @@ class PredictorMetrics:
         )
         self.prediction_logs_dropped = Counter(
             "learnloop_prediction_logs_dropped", "Predictions served but not logged, by reason "
-            "(buffer_full, invalid, send_failed)", ["reason"], registry=r,
+            "(buffer_full, invalid, send_failed, stopped)", ["reason"], registry=r,
         )
 
 

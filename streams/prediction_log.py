@@ -61,6 +61,7 @@ class PredictionLog:
         self._wake_pending = False
         self._sending = asyncio.Lock()  # flush() waits for a drain in progress: its entries are popped already
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> None:
         if self._producer is None:
@@ -72,6 +73,7 @@ class PredictionLog:
 
     async def stop(self) -> None:
         """Send what is queued, then stop (and close the producer if it is this log's own)."""
+        self._stopped = True  # a prediction served from now on is counted, not queued for a loop that ends
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -92,8 +94,8 @@ class PredictionLog:
             await self._producer.flush()
 
     def enqueue(self, entry: LogEntry) -> None:
-        if len(self._queue) >= self.capacity:
-            self.metrics.prediction_logs_dropped.labels("buffer_full").inc()
+        if len(self._queue) >= self.capacity or self._stopped:
+            self.metrics.prediction_logs_dropped.labels("stopped" if self._stopped else "buffer_full").inc()
             return
         self._queue.append(entry)
         if not self._wake_pending and self._loop is not None:

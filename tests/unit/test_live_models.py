@@ -378,12 +378,14 @@ async def test_predictions_logged_from_another_thread_are_sent_and_overflow_is_c
     plog.enqueue(bad)  # type: ignore[arg-type]
     await plog.flush()
     await plog.stop()
+    plog.enqueue(entries[0])  # after stop: counted, never queued for a loop that is gone
     assert [e.prediction_id for e in producer.sent] == ["p-0", "p-1", "p-2"]  # type: ignore[attr-defined]
     assert [e.subject_id for e in producer.sent] == ["u0", "u1", "u2"]  # type: ignore[attr-defined]
     value = metrics.registry.get_sample_value
     assert value("learnloop_prediction_logs_dropped_total", {"reason": "buffer_full"}) == 2.0
     assert value("learnloop_prediction_logs_dropped_total", {"reason": "invalid"}) == 1.0
     assert value("learnloop_predictions_logged_total", {"learner": "sea"}) == 3.0
+    assert value("learnloop_prediction_logs_dropped_total", {"reason": "stopped"}) == 1.0
 
 
 async def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
