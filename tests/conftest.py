@@ -132,6 +132,4 @@ def worker_env(settings: Settings) -> dict[str, str]:
         # No /metrics unless a test asks for a port: a taken default port (another stack on this host) stops a worker.
         "LEARNLOOP_METRICS__PORT": "0",
         "PYTHONUNBUFFERED": "1",
-        # Workers of parallel test runs would collide on the default metrics ports; tests that scrape set one.
-        "LEARNLOOP_METRICS__PORT": "0",
     }
