@@ -87,7 +87,9 @@ async def test_drift_triggers_fine_tuning_and_a_model_update(settings: Settings,
         except AssertionError as exc:
             raise AssertionError(f"{exc}:\n" + (tmp_path / "trainer.log").read_text()[-4000:]) from None
         update = fine_tuned[0]
-        assert (update.model, update.version, update.alias) == ("answers-text", "1", "champion")
+        # Registered and announced, but not served: the window mixes both concepts, so the first
+        # candidate cannot beat the majority class and the first-champion gate keeps it challenger.
+        assert (update.model, update.version, update.alias) == ("answers-text", "1", "challenger")
         assert update.lineage.n_samples is not None and update.lineage.n_samples >= 200
 
         [retrain, *_] = [parse_event(r.value, RetrainRequest)
@@ -96,7 +98,8 @@ async def test_drift_triggers_fine_tuning_and_a_model_update(settings: Settings,
         [job] = cli_json(env, "jobs", "--json")
         assert job["status"] == "succeeded" and job["reason"] == "drift"
         assert job["drift_event_ids"] == [str(retrain.drift_event_id)]
-        assert job["result"]["version"] == "1"
+        assert job["result"]["version"] == "1" and job["result"]["promoted"] is False
+        assert "no champion yet, but" in job["result"]["reason"]
         [learner] = cli_json(env, "learners", "--json")
         assert learner["drifts"] >= 1 and 1500 < learner["last_drift_at"] < 1700
     finally:
