@@ -244,16 +244,28 @@ def test_a_worker_whose_metrics_port_is_taken_exits_at_start_with_one_line(setti
 
 
 def test_demo_replays_a_drifting_stream_and_reports_what_it_learned(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--no-live", "--events", "6000", "--rate", "0"],
-                         cwd=tmp_path, env=base_env(LEARNLOOP_METRICS__PORT="0"), capture_output=True, text=True,
+    # Paced (not --rate 0): the simulated app predicts while the learners learn, so it is served versions.
+    demo = ["demo", "--no-live", "--events", "6000", "--rate", "2000"]
+    res = subprocess.run([sys.executable, "-m", "workers.cli", *demo], cwd=tmp_path,
+                         env=base_env(LEARNLOOP_METRICS__PORT="0"), capture_output=True, text=True,
                          timeout=300, preexec_fn=ignore_sigint)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     done = [line for line in res.stdout.splitlines() if line.startswith("done:")]
-    assert done and done[0].startswith("done: 12,000 events learned"), res.stdout[-2000:]  # two learners
+    assert done, res.stdout[-2000:]
+    # Two learners see every sample, except those of predictions whose outcome the simulated app never sent.
+    found = re.match(r"done: ([\d,]+) events learned \(([\d,]+) predictions never reported", done[0])
+    assert found, done[0]
+    learned, unreported = (int(g.replace(",", "")) for g in found.groups())
+    assert learned + unreported == 12_000 and 0 < unreported < 600, done[0]
+    # The app was served: a version, its accuracy when served, and the learning latency in the table.
+    assert "served acc" in res.stdout and re.search(r"\bv\d+\b", res.stdout), res.stdout[-3000:]
     assert "dead-lettered; stack stopped" in done[0]
     assert "conversation turns mined" in res.stdout
-    # 6,000 samples to two learners; a tenth go as a prediction plus a label-only feedback event
-    assert "12,000 feedback, 1,200 predictions" in res.stdout and "1 malformed on purpose" in res.stdout
+    # 6,000 samples to two learners; a tenth are the app's: a prediction, and most often label-only feedback
+    sent = re.search(r"([\d,]+) feedback, ([\d,]+) predictions logged by the app", res.stdout)
+    assert sent and "1 malformed on purpose" in res.stdout, res.stdout[-3000:]
+    feedback, predictions = (int(g.replace(",", "")) for g in sent.groups())
+    assert feedback == 12_000 - unreported and 0 < predictions <= 1_200
     noise = [line for line in (res.stdout + res.stderr).splitlines() if LIBRARY_LOG.search(line)]
     assert not noise, "\n".join(noise[:10])
     assert not (tmp_path / ".learnloop" / "dev.env").exists()

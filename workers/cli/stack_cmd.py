@@ -119,8 +119,8 @@ def demo(
         say(f"demo stopped before the end ({view.learned:,} events learned); stack stopped")
         raise typer.Exit(128 + int(stop.received))
     say(
-        f"done: {view.learned:,} events learned, {len(view.drifts)} drift alarm(s), "
-        f"{view.deadlettered} dead-lettered; stack stopped"
+        f"done: {view.learned:,} events learned ({view.unreported:,} predictions never reported by the app), "
+        f"{len(view.drifts)} drift alarm(s), {view.deadlettered} dead-lettered; stack stopped"
     )
     if learners_file != s.learners_file:
         say(f"to retrain sea-text on the demo's samples, run the trainer with "

@@ -4,9 +4,12 @@ The stream is River's SEA generator with an abrupt concept switch (variant 0,
 then variant 3 after ``switch_at`` events): the threshold that separates the
 classes moves, accuracy drops, ADWIN sees the error rise and the worker emits
 a drift event and a retrain request. Two learners (logistic regression and a
-Hoeffding adaptive tree) see the same events; a share of the feedback arrives
-as a prediction followed by a label-only event to exercise the join, and a
-few malformed events show the dead-letter path.
+Hoeffding adaptive tree) see the same events. A simulated app
+(``workers.stack.demo_app``) takes every ``join_every``-th sample: it predicts
+through the SDK, the prediction is logged, and for a share of them the true
+label follows a second later by ``prediction_id`` alone (the two-call loop),
+joined by the worker to the features that were served. A few malformed events
+show the dead-letter path.
 """
 
 from __future__ import annotations
@@ -42,9 +45,22 @@ from streams.admin import ensure_topics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.feedback.redis_store import RedisStore
+from workers.serving import online_predictor
 from workers.settings import Settings
+from workers.stack.demo_app import AppTurn, ServedStats, SimulatedApp
 
 DEMO_LEARNERS = ("sea-linear", "sea-tree")
+
+
+def served_cells(stats: ServedStats | None, prequential: float | None) -> tuple[str, str, str, str]:
+    """The version served, served accuracy, the learner's prequential accuracy, learning latency p50 / p90."""
+    shown = f"{prequential:.4f}" if isinstance(prequential, float) else "-"
+    if stats is None or stats.version is None:
+        return ("none yet", "-", shown, "-")
+    acc = stats.accuracy
+    p50, p90 = stats.latency(0.5), stats.latency(0.9)
+    latency = f"{p50 * 1000:,.0f} / {p90 * 1000:,.0f} ms" if p50 is not None and p90 is not None else "-"
+    return (f"v{stats.version}", f"{acc:.4f}" if acc is not None else "-", shown, latency)
 
 
 def demo_learners_file() -> Path:
@@ -73,8 +89,8 @@ def demo_conversations(round_: int) -> Iterator[ConversationEvent]:
 
 def demo_events(
     n: int, *, switch_at: int, join_every: int = 10, conversations_every: int = 4000
-) -> Iterator[Envelope | bytes]:
-    """Events for every demo learner; every ``join_every``-th sample goes through the prediction join.
+) -> Iterator[Envelope | AppTurn | bytes]:
+    """Events for every demo learner; every ``join_every``-th sample is the simulated app's to predict.
 
     Every ``conversations_every`` samples the conversation corpus is replayed once more, so the
     relations it states gain support from distinct conversations and become validated.
@@ -84,12 +100,7 @@ def demo_events(
             yield from demo_conversations(i // conversations_every)
         for learner in DEMO_LEARNERS:
             if i % join_every == join_every - 1:
-                pid = f"{learner}-{i}"
-                yield PredictionEvent(
-                    prediction_id=pid, learner=learner, features=x, prediction=None,
-                    model_version="demo", source="demo",
-                )
-                yield FeedbackEvent(learner=learner, prediction_id=pid, label=y, source="demo")
+                yield AppTurn(learner, x, y)
             else:
                 yield FeedbackEvent(learner=learner, features=x, label=y, source="demo")
         if i % 5000 == 2500:
@@ -115,6 +126,12 @@ class DemoView:
     entities: set[str] = field(default_factory=set)
     relations: set[tuple[str, str, str]] = field(default_factory=set)
     validated: set[tuple[str, str, str]] = field(default_factory=set)
+    served: dict[str, ServedStats] = field(default_factory=dict)  # the simulated app's view, per learner
+
+    @property
+    def unreported(self) -> int:
+        """Predictions the app never sent the outcome of: their samples are never learned."""
+        return sum(s.served - s.reported for s in self.served.values())
 
     @property
     def produced(self) -> int:
@@ -181,7 +198,7 @@ class DemoView:
         took = self.sending_s if self.sending_s is not None else time.monotonic() - self.started
         sent = (
             f"sent {self.produced:,} events in {took:.0f}s: {self.sent_feedback:,} feedback, "
-            f"{self.sent_predictions:,} predictions (joined to label-only feedback), "
+            f"{self.sent_predictions:,} predictions logged by the app (most followed by label-only feedback), "
             f"{self.sent_turns:,} conversation turns, {self.sent_invalid} malformed on purpose"
         )
         head = (
@@ -211,7 +228,16 @@ class DemoView:
             f"knowledge: {self.turns} conversation turns mined · {len(self.entities)} entities · "
             f"{len(self.relations)} relations, {len(self.validated)} validated"
         )
-        return Group(Panel(head, title="learnloop demo"), t, d, lag, Panel(k))
+        return Group(Panel(head, title="learnloop demo"), t, self.render_app(), d, lag, Panel(k))
+
+    def render_app(self) -> Table:
+        """The simulated app's side: what it is served, how right that was, how soon feedback is served."""
+        app = Table("app: learner", "served", "served acc", "prequential acc", "learning latency p50 / p90",
+                    title="the two-call loop (predict, then feedback by prediction_id)")
+        for r in self.learners:
+            prequential = (r.get("metrics") or {}).get("accuracy")
+            app.add_row(r["name"], *served_cells(self.served.get(r["name"]), prequential))
+        return app
 
     def add_knowledge(self, update: KnowledgeUpdate) -> None:
         self.turns += 1
@@ -253,17 +279,38 @@ async def run_demo(
     )
     await knowledge.start()
     try:
+        # The simulated app needs a learner that learns while it replays: start once the worker holds its partitions.
+        ready_by = time.monotonic() + 120
+        while not await store.progress() and time.monotonic() < ready_by and not should_stop():
+            await asyncio.sleep(0.2)
+        view.started = time.monotonic()  # the replay's pace counts from here
         with Live(view.render(), console=console, refresh_per_second=4, transient=False) if live \
                 else _NoLive() as screen:
-            async with EventProducer(settings.kafka, acks=1) as producer:
+            async with EventProducer(settings.kafka, acks=1) as producer, \
+                    online_predictor(settings, DEMO_LEARNERS) as predictor:
+                app = SimulatedApp(predictor)
+                view.served = app.stats
                 last = time.monotonic()
                 for item in demo_events(events, switch_at=switch_at):
                     if should_stop():
                         break
+                    now = time.monotonic()
+                    if isinstance(item, AppTurn):
+                        cold = app.serve(item, now)  # the app's first call: predict (the predictor logs it)
+                        if cold is None:
+                            view.sent_predictions += 1
+                            continue
+                        item = cold
+                    for later in app.due(now):  # its second call, for predictions made a while ago
+                        await producer.send(later)
+                        view.count_sent(later)
+                        app.produced(later.learner, now)
                     if isinstance(item, bytes):
                         await producer.send_raw(producer.topics.feedback, item, key=b"sea-linear")
                     else:
                         await producer.send(item)
+                        if isinstance(item, FeedbackEvent):
+                            app.produced(item.learner, now)
                     view.count_sent(item)
                     if rate and view.produced % 100 == 0:
                         ahead = view.produced / rate - (time.monotonic() - view.started)
@@ -274,6 +321,12 @@ async def run_demo(
                         await refresh(view, store, knowledge)
                         screen.update(view.render())
                         last = time.monotonic()
+                if not should_stop():
+                    await asyncio.sleep(app.delay_s)
+                    for later in app.due(float("inf")):  # the app reports the last outcomes too
+                        await producer.send(later)
+                        view.count_sent(later)
+                await predictor.flush()
             view.sending_s = time.monotonic() - view.started
             # Wait until the workers have caught up with everything produced.
             deadline = time.monotonic() + 120
