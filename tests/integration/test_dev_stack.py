@@ -262,7 +262,7 @@ def test_demo_replays_a_drifting_stream_and_reports_what_it_learned(tmp_path: Pa
     assert "dead-lettered; stack stopped" in done[0]
     assert "conversation turns mined" in res.stdout
     # 6,000 samples to two learners; a tenth are the app's: a prediction, and most often label-only feedback
-    sent = re.search(r"([\d,]+) feedback, ([\d,]+) predictions logged by the app", res.stdout)
+    sent = re.search(r"([\d,]+) feedback, ([\d,]+) predictions", res.stdout)
     assert sent and "1 malformed on purpose" in res.stdout, res.stdout[-3000:]
     feedback, predictions = (int(g.replace(",", "")) for g in sent.groups())
     assert feedback == 12_000 - unreported and 0 < predictions <= 1_200

@@ -45,6 +45,7 @@ from streams.admin import ensure_topics
 from streams.producer import EventProducer
 from streams.topics import Topics
 from workers.feedback.redis_store import RedisStore
+from workers.lag.offsets import BrokerReader
 from workers.serving import online_predictor
 from workers.settings import Settings
 from workers.stack.demo_app import AppTurn, ServedStats, SimulatedApp
@@ -198,7 +199,7 @@ class DemoView:
         took = self.sending_s if self.sending_s is not None else time.monotonic() - self.started
         sent = (
             f"sent {self.produced:,} events in {took:.0f}s: {self.sent_feedback:,} feedback, "
-            f"{self.sent_predictions:,} predictions logged by the app (most followed by label-only feedback), "
+            f"{self.sent_predictions:,} predictions (the app's, logged for the join), "
             f"{self.sent_turns:,} conversation turns, {self.sent_invalid} malformed on purpose"
         )
         head = (
@@ -279,18 +280,15 @@ async def run_demo(
     )
     await knowledge.start()
     try:
-        # The simulated app needs a learner that learns while it replays: start once the worker holds its partitions.
-        ready_by = time.monotonic() + 120
-        while not await store.progress() and time.monotonic() < ready_by and not should_stop():
-            await asyncio.sleep(0.2)
-        view.started = time.monotonic()  # the replay's pace counts from here
+        # The simulated app needs learners that learn while it replays: start once the worker has joined.
+        await worker_joined(settings, should_stop)
         with Live(view.render(), console=console, refresh_per_second=4, transient=False) if live \
                 else _NoLive() as screen:
             async with EventProducer(settings.kafka, acks=1) as producer, \
                     online_predictor(settings, DEMO_LEARNERS) as predictor:
                 app = SimulatedApp(predictor)
                 view.served = app.stats
-                last = time.monotonic()
+                view.started = last = time.monotonic()  # the replay's pace counts from here
                 for item in demo_events(events, switch_at=switch_at):
                     if should_stop():
                         break
@@ -347,6 +345,19 @@ async def run_demo(
         await knowledge.stop()
         await store.close()
     return view
+
+
+async def worker_joined(settings: Settings, should_stop: Callable[[], bool], timeout_s: float = 120.0) -> bool:
+    """Wait until the feedback worker's consumer group is stable with a member (False after ``timeout_s``)."""
+    group = settings.feedback.group_id
+    deadline = time.monotonic() + timeout_s
+    async with BrokerReader(settings.kafka) as reader:
+        while time.monotonic() < deadline and not should_stop():
+            info = (await reader.describe([group])).get(group)
+            if info is not None and info.state == "Stable" and info.members:
+                return True
+            await asyncio.sleep(0.2)
+    return False
 
 
 class _NoLive:
