@@ -125,6 +125,8 @@ class LiveModels:
             await self.resync()
         except StoreUnavailable as exc:  # the follow loop retries; nothing to serve until then
             log.warning("model store unreachable at start, retrying every %gs: %s", self.config.resync_every_s, exc)
+        except Exception:
+            log.exception("reading the model store failed at start; retrying every %gs", self.config.resync_every_s)
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name="learnloop-predictor")
         self._task.add_done_callback(_report_crash)
@@ -275,8 +277,10 @@ class LiveModels:
         self._ready.setdefault(served.learner, asyncio.Event()).set()
         self.metrics.model_loads.labels(served.learner, "loaded").inc()
         self.metrics.served_version.labels(served.learner).set(served.n_learned)
-        was = previous.version if previous is not None else None
-        log.info("%s: serving version %s, was %s", served.learner, served.version, was)
+        if previous is None:
+            log.info("%s: serving version %s", served.learner, served.version)
+        else:  # about once a second per learner while it learns: not for the info log
+            log.debug("%s: serving version %s, was %s", served.learner, served.version, previous.version)
 
     def _follows(self, learner: str) -> bool:
         return self.learners is None or learner in self.learners
@@ -284,7 +288,6 @@ class LiveModels:
     def _version(self, learner: str) -> str | None:
         served = self.served.get(learner)
         return served.version if served is not None else None
-
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
