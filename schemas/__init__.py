@@ -4,7 +4,7 @@ Every layer imports its events from here; this package imports nothing of
 ours but the exception tree, so it can be shared with producers as is.
 """
 
-from schemas.codec import EVENT_MODELS, TOPIC_EVENTS, AnyEvent, describe_validation_error, parse_event
+from schemas.codec import EVENT_MODELS, TOPIC_EVENTS, AnyEvent, describe_validation_error, fill_envelope, parse_event
 from schemas.deadletter import DeadLetter, ErrorInfo
 from schemas.envelope import (
     ALIAS_PATTERN,
@@ -88,6 +88,7 @@ __all__ = [
     "describe_validation_error",
     "event_json_schema",
     "export_json_schemas",
+    "fill_envelope",
     "parse_event",
     "schema_file_name",
     "utc_now",

@@ -9,13 +9,15 @@ failure becomes one ``InvalidEvent`` whose ``reason`` the dead-letter topic keep
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar, overload
 
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, from_json
 
 from schemas.deadletter import DeadLetter
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, utc_now
 from schemas.errors import InvalidEvent
 from schemas.events import (
     ConversationEvent,
@@ -96,12 +98,13 @@ def parse_event(
     """Decode and validate one event; raise ``InvalidEvent`` with a readable one-line reason.
 
     ``expected`` restricts which events are acceptable (a wrong one gives reason
-    ``"unexpected_schema"``); a single expected type also serves as the model of an
-    event that omits ``schema``. Reasons: ``invalid_json``, ``unknown_schema``,
-    ``unexpected_schema``, ``validation``.
+    ``"unexpected_schema"``). Every event must carry ``schema``, ``event_id`` and
+    ``occurred_at`` (see ``Envelope``): the same bytes always give the same event.
+    Reasons: ``invalid_json``, ``unknown_schema``, ``unexpected_schema``, ``validation``.
 
     >>> from schemas import InvalidEvent, parse_event
-    >>> raw = b'{"schema": "feedback/1", "source": "web", "learner": "ctr", "text": "hi", "rating": 5}'
+    >>> raw = (b'{"schema": "feedback/1", "event_id": "0b6f1f7e-3c55-4f0e-9d1a-2f3b4c5d6e7f", '
+    ...        b'"occurred_at": "2026-11-21T10:00:00Z", "source": "web", "learner": "ctr", "text": "hi", "rating": 5}')
     >>> parse_event(raw).rating
     5.0
     >>> try:
@@ -121,6 +124,22 @@ def parse_event(
     if expected is not None and not isinstance(event, expected):
         raise InvalidEvent(_unexpected(event.SCHEMA_ID, expected), reason="unexpected_schema")
     return event
+
+
+def fill_envelope(doc: Mapping[str, Any], schema_id: str | None = None) -> dict[str, Any]:
+    """``doc`` with what a writer fills in for its caller before sending: ``schema`` (when
+    ``schema_id`` is given), a new ``event_id`` and the current time as ``occurred_at``.
+
+    Values the caller gave are kept. Readers never call this: on the wire all three are required.
+
+    >>> doc = fill_envelope({"learner": "ctr", "event_id": "0b6f1f7e-3c55-4f0e-9d1a-2f3b4c5d6e7f"}, "feedback/1")
+    >>> doc["schema"], doc["event_id"], doc["occurred_at"].endswith("+00:00")
+    ('feedback/1', '0b6f1f7e-3c55-4f0e-9d1a-2f3b4c5d6e7f', True)
+    """
+    filled: dict[str, Any] = {"event_id": str(uuid.uuid4()), "occurred_at": utc_now().isoformat()}
+    if schema_id is not None:
+        filled["schema"] = schema_id
+    return {**filled, **doc}
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -179,8 +198,6 @@ def _decode(data: bytes | bytearray | str) -> object:
 
 def _choose_model(obj: dict[Any, Any], expected_types: tuple[type[Envelope], ...]) -> type[Envelope]:
     if "schema" not in obj:
-        if len(expected_types) == 1:
-            return expected_types[0]
         raise InvalidEvent("event has no 'schema' field (e.g. \"feedback/1\")", reason="unknown_schema")
     schema = obj["schema"]
     model = EVENT_MODELS.get(schema) if isinstance(schema, str) else None

@@ -17,6 +17,7 @@ from schemas.envelope import (
     Tag,
     Timestamp,
     WireModel,
+    filled_in_python,
     utc_now,
 )
 from schemas.errors import InvalidEvent
@@ -75,7 +76,7 @@ class DeadLetter(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "deadletter/1"
-    schema_: Literal["deadletter/1"] = Field(default="deadletter/1", alias="schema")
+    schema_: Literal["deadletter/1"] = filled_in_python(alias="schema")
     source_topic: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOPIC)]
     partition: Count
     offset: Count

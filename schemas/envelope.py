@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
     StringConstraints,
+    WithJsonSchema,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 MAX_TEXT = 64 * 1024
 """Characters in a free-text field (feedback and prediction text, a conversation turn)."""
@@ -44,6 +46,42 @@ TAG_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 """Open sets of short machine tags: feedback signals, dead-letter reasons."""
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 """Registry aliases such as ``champion`` and ``challenger``."""
+
+
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+"""A timestamp on the wire: RFC 3339 ``date-time`` with an offset (no leap second), in the JSON Schema too."""
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+"""An id on the wire: a UUID in its hyphenated form (no braces, no ``urn:uuid:``), in the JSON Schema too."""
+
+
+class _SpelledAs:
+    """Takes a value only as text matching ``pattern`` (or, from Python, an instance of the type).
+
+    pydantic alone also takes timestamps as numbers (epoch seconds), "2024-05-01T12:00Z" or
+    "+0200", and UUIDs without hyphens or in braces; the contract is the one spelling a JSON
+    Schema validator checks as well. The check is a pattern in pydantic-core, so reading an
+    event calls no Python for it.
+    """
+
+    def __init__(self, kind: type, pattern: str, error: str) -> None:
+        self.kind, self.pattern, self.error = kind, pattern, error
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        text = core_schema.chain_schema([core_schema.str_schema(pattern=self.pattern), handler(source)])
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.custom_error_schema(
+                text, custom_error_type="spelling", custom_error_message=self.error
+            ),
+            python_schema=core_schema.union_schema(
+                [core_schema.is_instance_schema(self.kind), text],
+                mode="left_to_right",
+                custom_error_type="spelling",
+                custom_error_message=self.error,
+            ),
+        )
 
 
 def _require_offset(value: datetime) -> datetime:
@@ -68,8 +106,20 @@ def as_utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-Timestamp = Annotated[datetime, AfterValidator(_require_offset)]
-"""An RFC 3339 timestamp with an offset; naive values are rejected."""
+Timestamp = Annotated[
+    datetime,
+    _SpelledAs(datetime, RFC3339_PATTERN, "must be an RFC 3339 date-time string with an offset "
+                                          "(e.g. 2024-05-01T12:00:00Z or +02:00)"),
+    AfterValidator(_require_offset),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN}, mode="validation"),
+]
+"""An RFC 3339 timestamp with an offset; naive values, epoch numbers and other spellings are rejected."""
+Uuid = Annotated[
+    uuid.UUID,
+    _SpelledAs(uuid.UUID, UUID_PATTERN, "must be a UUID string like 0b6f1f7e-3c55-4f0e-9d1a-2f3b4c5d6e7f"),
+    WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN}, mode="validation"),
+]
+"""A UUID, spelled on the wire in its hyphenated form."""
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 """A learner or model name."""
@@ -103,6 +153,16 @@ Metrics = Annotated[dict[FeatureName, Finite], Field(max_length=MAX_FEATURES)]
 WIRE_CONFIG = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+def filled_in_python(**kwargs: Any) -> Any:
+    """A field every record on the wire must carry, which ``Envelope.__init__`` fills in when omitted.
+
+    The validator (which every reader uses) sees no default, so the field is required on
+    the wire and in the exported JSON Schema; type checkers see a default (the call is
+    not a field specifier to them), so Python callers may leave the field out.
+    """
+    return Field(**kwargs)
+
+
 class WireModel(BaseModel):
     """Base of every model on the wire, nested parts included: frozen, closed, finite."""
 
@@ -114,6 +174,13 @@ class Envelope(WireModel):
 
     ``schema`` is ``"<type>/<major>"``. A new major version is a new class: readers
     reject majors they do not know instead of misreading them.
+
+    One rule for the wire: every record carries ``schema``, ``event_id`` and
+    ``occurred_at``, and a reader refuses a record without them (an id made up at
+    read time would differ on every read, and dedup by it would mean nothing).
+    Writers fill them in for their callers: constructing an event in Python gives
+    the class's ``schema``, a new ``event_id`` and the current time when they are
+    not passed; the HTTP gateway does the same for request bodies.
     """
 
     model_config = ConfigDict(**WIRE_CONFIG, populate_by_name=True)
@@ -122,19 +189,35 @@ class Envelope(WireModel):
 
     # BaseModel.schema() exists, hence the attribute name; the wire name is "schema".
     schema_: str = Field(alias="schema")
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    occurred_at: Timestamp = Field(default_factory=utc_now)
+    event_id: Uuid = filled_in_python()
+    occurred_at: Timestamp = filled_in_python()
     source: str = Field(min_length=1, max_length=MAX_NAME)
+
+    def __init__(self, /, **data: Any) -> None:
+        # Only construction in Python comes through here; readers validate JSON or dicts
+        # directly (`parse_event`), where a missing schema, id or time is an error.
+        if "schema" not in data and "schema_" not in data:
+            data["schema"] = self.SCHEMA_ID
+        if "event_id" not in data:
+            data["event_id"] = uuid.uuid4()
+        if "occurred_at" not in data:
+            data["occurred_at"] = utc_now()
+        super().__init__(**data)
+
+    # Marks this __init__ as pydantic's own, so validation (`model_validate_json`, every
+    # reader) goes straight to the validator instead of through here: no filling in on the
+    # wire, and no extra Python call per event.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         # The literal and the class attribute are written side by side; catch a typo at import.
         field = cls.model_fields["schema_"]
-        if field.is_required():
+        if get_origin(field.annotation) is not Literal:
             return  # an intermediate base, not an event
-        if getattr(cls, "SCHEMA_ID", None) != field.default:
-            raise TypeError(f"{cls.__name__}.SCHEMA_ID must equal the schema field's default {field.default!r}")
+        if (getattr(cls, "SCHEMA_ID", None),) != get_args(field.annotation):
+            raise TypeError(f"{cls.__name__}.SCHEMA_ID must equal the schema field's literal {field.annotation}")
 
     def to_json(self) -> bytes:
         """The event as compact UTF-8 JSON, wire names (``schema``) included."""

@@ -30,7 +30,9 @@ from schemas.envelope import (
     Tag,
     Text,
     Timestamp,
+    Uuid,
     WireModel,
+    filled_in_python,
     utc_now,
 )
 
@@ -44,6 +46,15 @@ KNOWN_SIGNALS = frozenset({"click", "dwell_ms", "copy", "thumbs_up", "thumbs_dow
 def _any_present(*fields: str) -> dict[str, Any]:
     """JSON Schema for "at least one of these fields is present and not null"."""
     return {"anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]}
+
+
+def _needs_when_present(field: str, needed: str) -> dict[str, Any]:
+    """JSON Schema for "when ``field`` is present and not null, ``needed`` must be too".
+
+    ``dependentRequired`` alone would also refuse ``"field": null``, which readers take as absent.
+    """
+    present: dict[str, Any] = {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+    return {"if": present, "then": {"required": [needed], "properties": {needed: {"not": {"type": "null"}}}}}
 
 
 def _rule(kind: str, message: str) -> PydanticCustomError:
@@ -77,12 +88,13 @@ class FeedbackEvent(Envelope):
             "allOf": [
                 _any_present("label", "rating", "signal"),
                 _any_present("features", "text", "prediction_id"),
+                _needs_when_present("signal_value", "signal"),
             ]
         }
     )
 
     SCHEMA_ID: ClassVar[str] = "feedback/1"
-    schema_: Literal["feedback/1"] = Field(default="feedback/1", alias="schema")
+    schema_: Literal["feedback/1"] = filled_in_python(alias="schema")
     learner: Name
     subject_id: Ident | None = None
     features: Features | None = None
@@ -132,7 +144,7 @@ class PredictionEvent(Envelope):
     model_config = ConfigDict(json_schema_extra=_any_present("features", "text"))
 
     SCHEMA_ID: ClassVar[str] = "prediction/1"
-    schema_: Literal["prediction/1"] = Field(default="prediction/1", alias="schema")
+    schema_: Literal["prediction/1"] = filled_in_python(alias="schema")
     prediction_id: Ident
     learner: Name
     features: Features | None = None
@@ -169,7 +181,7 @@ class ConversationEvent(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "conversation/1"
-    schema_: Literal["conversation/1"] = Field(default="conversation/1", alias="schema")
+    schema_: Literal["conversation/1"] = filled_in_python(alias="schema")
     conversation_id: Ident
     turn: Count
     role: Literal["user", "assistant", "system"]
@@ -198,7 +210,7 @@ class DriftEvent(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "drift/1"
-    schema_: Literal["drift/1"] = Field(default="drift/1", alias="schema")
+    schema_: Literal["drift/1"] = filled_in_python(alias="schema")
     learner: Name
     detector: Ident
     metric: Ident
@@ -234,13 +246,21 @@ class RetrainRequest(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "retrain/1"
-    schema_: Literal["retrain/1"] = Field(default="retrain/1", alias="schema")
-    request_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    schema_: Literal["retrain/1"] = filled_in_python(alias="schema")
+    request_id: Uuid = filled_in_python()
     model: Name
     reason: Literal["drift", "schedule", "manual", "volume"]
     learner: Name | None = None
-    drift_event_id: uuid.UUID | None = None
+    drift_event_id: Uuid | None = None
     window: DataWindow = Field(default_factory=DataWindow)
+
+    def __init__(self, /, **data: Any) -> None:
+        # Like event_id: a new id for a request made in Python, required on the wire.
+        if "request_id" not in data:
+            data["request_id"] = uuid.uuid4()
+        super().__init__(**data)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # see Envelope.__init__
 
 
 class Lineage(WireModel):
@@ -263,7 +283,7 @@ class ModelUpdate(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "model-update/1"
-    schema_: Literal["model-update/1"] = Field(default="model-update/1", alias="schema")
+    schema_: Literal["model-update/1"] = filled_in_python(alias="schema")
     model: Name
     version: Ident
     kind: Literal["online-snapshot", "fine-tuned"]
@@ -343,8 +363,8 @@ class KnowledgeUpdate(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "knowledge/1"
-    schema_: Literal["knowledge/1"] = Field(default="knowledge/1", alias="schema")
+    schema_: Literal["knowledge/1"] = filled_in_python(alias="schema")
     conversation_id: Ident
-    source_event_id: uuid.UUID
+    source_event_id: Uuid
     entities: list[EntityRef] = Field(default_factory=list)
     relations: list[RelationRef] = Field(default_factory=list)

@@ -32,11 +32,8 @@ def event_json_schema(model: type[Envelope]) -> dict[str, Any]:
     >>> doc["$id"], doc["properties"]["schema"]["const"], "schema" in doc["required"]
     ('https://learnloop.dev/schemas/feedback/1', 'feedback/1', True)
     """
+    # `schema`, `event_id` and `occurred_at` come out required: the validator every reader uses requires them.
     body = model.model_json_schema(by_alias=True, mode="validation")
-    # Readers tell events apart by `schema`; Python callers may omit it, producers on the wire may not.
-    required = body.setdefault("required", [])
-    if "schema" not in required:
-        required.insert(0, "schema")
     description = inspect.cleandoc(model.__doc__ or "").split("\n\n")[0]  # the doctest stays in Python
     return {
         "$schema": JSON_SCHEMA_DIALECT,

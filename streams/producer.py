@@ -24,6 +24,7 @@ from schemas import (
     ModelUpdate,
     PredictionEvent,
     RetrainRequest,
+    fill_envelope,
     parse_event,
 )
 from streams.config import KafkaConfig
@@ -61,10 +62,15 @@ def route(event: Envelope, topics: Topics) -> tuple[str, bytes | None]:
 
 
 def as_event(item: EventLike) -> Envelope:
-    """Validate a dict/JSON into its event model; models pass through (they are frozen and valid)."""
+    """Validate a dict/JSON into its event model; models pass through (they are frozen and valid).
+
+    A dict is what the caller means to send: a missing ``event_id`` or ``occurred_at`` is
+    filled in (a new id, the current time), as constructing a model does; ``schema`` it must
+    name, since it picks the topic. JSON text is taken as the record itself and must be complete.
+    """
     if isinstance(item, Envelope):
         return item
-    return parse_event(item if isinstance(item, bytes | str) else dict(item))
+    return parse_event(item if isinstance(item, bytes | str) else fill_envelope(item))
 
 
 async def send_and_wait(producer: AIOKafkaProducer, events: Iterable[Envelope], topics: Topics) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from learners.config import load_learners_file
-from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, RetrainRequest, parse_event
+from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, RetrainRequest, fill_envelope, parse_event
 from streams.admin import ensure_topics
 from streams.consumer import FeedbackConsumer
 from streams.dedup import DedupCache
@@ -102,10 +102,10 @@ async def test_invalid_events_are_dead_lettered_with_reason_and_offset(
     bad = {
         b"{not json": "invalid_json",
         b'{"schema": "feedback/1", "learner": "sea", "label": true, "source": "t"}': "validation",
-        json.dumps({"schema": "feedback/1", "learner": "nobody", "features": {"a": 1}, "label": True,
-                    "source": "t"}).encode(): "unknown_learner",
-        json.dumps({"schema": "feedback/1", "learner": "sea", "features": {"a": 1}, "signal": "wiggle",
-                    "source": "t"}).encode(): "unmappable_label",
+        json.dumps(fill_envelope({"schema": "feedback/1", "learner": "nobody", "features": {"a": 1}, "label": True,
+                                  "source": "t"})).encode(): "unknown_learner",
+        json.dumps(fill_envelope({"schema": "feedback/1", "learner": "sea", "features": {"a": 1}, "signal": "wiggle",
+                                  "source": "t"})).encode(): "unmappable_label",
         b'{"schema": "feedback/9", "learner": "sea"}': "unknown_schema",
     }
     async with EventProducer(settings.kafka) as p:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,25 @@ def test_one_event_is_produced_to_its_topic_with_the_contract_key(gw: Harness) -
     assert str(event.event_id) == body["event_ids"][0]
     assert event.source == "shop-web"  # no source given: the key's name
     assert gw.metric("learnloop_api_events_produced_total", topic=TOPICS.feedback) == 1
+
+
+def test_the_gateway_fills_in_the_envelope_and_the_record_carries_it(gw: Harness) -> None:
+    # HTTP may leave the envelope out; the record on the topic never does (the wire requires it).
+    assert gw.client.post("/v1/feedback", json=FEEDBACK, headers=AUTH).status_code == 202
+    given = {**FEEDBACK, "event_id": "0b6f1f7e-3c55-4f0e-9d1a-2f3b4c5d6e7f", "occurred_at": "2024-05-01T14:00:00+02:00"}
+    assert gw.client.post("/v1/feedback", json=given, headers=AUTH).status_code == 202
+    filled, kept = (json.loads(r.value) for r in gw.publisher.records)
+    assert filled["schema"] == "feedback/1" and uuid.UUID(filled["event_id"])
+    assert datetime.fromisoformat(filled["occurred_at"]).utcoffset() is not None
+    assert (kept["event_id"], kept["occurred_at"]) == (given["event_id"], given["occurred_at"])
+
+
+def test_the_gateway_refuses_an_envelope_a_worker_would_refuse(gw: Harness) -> None:
+    for bad in ({"occurred_at": 1714564800}, {"event_id": "0b6f1f7e3c554f0e9d1a2f3b4c5d6e7f"}):
+        res = gw.client.post("/v1/feedback", json={**FEEDBACK, **bad}, headers=AUTH)
+        assert res.status_code == 422, res.text
+        assert res.json()["errors"][0]["reason"] == "validation"
+    assert gw.publisher.records == []
 
 
 def test_a_batch_keeps_its_order_ids_and_given_sources(gw: Harness) -> None:

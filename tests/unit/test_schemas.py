@@ -98,8 +98,12 @@ SAMPLES: list[Envelope] = [
 ]
 
 
+EVENT_ID = "0b6f1f7e-3c55-4f0e-9d1a-2f3b4c5d6e7f"
+ENVELOPE = {"event_id": EVENT_ID, "occurred_at": "2024-05-01T12:00:00Z"}
+
+
 def feedback(**fields: Any) -> dict[str, Any]:
-    return {"schema": "feedback/1", "source": "web", "learner": "ctr", **fields}
+    return {"schema": "feedback/1", **ENVELOPE, "source": "web", "learner": "ctr", **fields}
 
 
 def reason_and_message(data: Any, expected: Any = None) -> tuple[str, str]:
@@ -144,7 +148,7 @@ def test_naive_timestamp_is_rejected() -> None:
         FeedbackEvent(source="web", learner="ctr", text="x", label=1, occurred_at=datetime(2024, 5, 1))
     reason, message = reason_and_message(feedback(text="x", label=1, occurred_at="2024-05-01T12:00:00"))
     assert reason == "validation"
-    assert message.startswith("occurred_at: must carry a UTC offset")
+    assert message.startswith("occurred_at: must be an RFC 3339 date-time string with an offset")
 
 
 def test_offset_is_kept() -> None:
@@ -216,7 +220,7 @@ def test_feature_types_are_preserved() -> None:
 
 @pytest.mark.parametrize(("token", "value"), [("true", True), ("1", 1), ("1.5", 1.5), ("1.0", 1.0), ('"spam"', "spam")])
 def test_label_types_are_preserved(token: str, value: object) -> None:
-    raw = b'{"schema":"feedback/1","source":"web","learner":"ctr","text":"x","label":' + token.encode() + b"}"
+    raw = json.dumps(feedback(text="x"))[:-1].encode() + b', "label":' + token.encode() + b"}"
     label = parse_event(raw, FeedbackEvent).label
     assert (label, type(label)) == (value, type(value))
 
@@ -262,7 +266,8 @@ def test_needs_join() -> None:
 
 
 def test_prediction_needs_an_input() -> None:
-    raw = {"schema": "prediction/1", "source": "web", "prediction_id": "p", "learner": "ctr", "model_version": "1"}
+    raw = {"schema": "prediction/1", **ENVELOPE, "source": "web", "prediction_id": "p", "learner": "ctr",
+           "model_version": "1"}
     assert reason_and_message(raw) == ("validation", "prediction needs features or text")
 
 
@@ -291,10 +296,44 @@ def test_undecodable_and_unknown_events(data: Any, reason: str, message: str) ->
     assert reason_and_message(data) == (reason, message)
 
 
-def test_missing_schema_uses_the_single_expected_type() -> None:
-    raw = b'{"source":"web","learner":"ctr","text":"x","label":1}'
-    assert isinstance(parse_event(raw, FeedbackEvent), FeedbackEvent)
-    assert reason_and_message(raw, (FeedbackEvent, PredictionEvent))[0] == "unknown_schema"
+def test_the_envelope_is_required_on_the_wire() -> None:
+    # Read twice, a record must give the same event: nothing may be made up at read time.
+    no_schema = {k: v for k, v in feedback(text="x", label=1).items() if k != "schema"}
+    for expected in (None, FeedbackEvent, (FeedbackEvent, PredictionEvent)):
+        assert reason_and_message(json.dumps(no_schema), expected) == (
+            "unknown_schema", "event has no 'schema' field (e.g. \"feedback/1\")"
+        )
+    for field in ("event_id", "occurred_at"):
+        raw = json.dumps({k: v for k, v in feedback(text="x", label=1).items() if k != field})
+        for expected in (None, FeedbackEvent):
+            assert reason_and_message(raw, expected) == ("validation", f"{field}: Field required")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1714564800, 1714564800.5, "1714564800", "2024-05-01T12:00Z", "2024-05-01T12:00:00+0200", "2024-05-01",
+     "2024-05-01 12:00:00Z", "2024-05-01T12:00:00", "2024-13-01T12:00:00Z", True, None],
+)
+def test_occurred_at_is_rfc3339_text_only(value: object) -> None:
+    reason, message = reason_and_message(json.dumps(feedback(text="x", label=1, occurred_at=value)))
+    assert reason == "validation"
+    assert message.startswith("occurred_at: must be an RFC 3339 date-time string with an offset"), message
+
+
+@pytest.mark.parametrize(
+    "value", ["2024-05-01T12:00:00Z", "2024-05-01t12:00:00z", "2024-05-01T12:00:00.123456789-07:30"]
+)
+def test_rfc3339_spellings_are_accepted(value: str) -> None:
+    event = parse_event(json.dumps(feedback(text="x", label=1, occurred_at=value)))
+    assert event.occurred_at.utcoffset() is not None
+
+
+def test_python_construction_fills_in_the_envelope() -> None:
+    a = FeedbackEvent(source="web", learner="ctr", text="x", label=1)
+    b = FeedbackEvent(source="web", learner="ctr", text="x", label=1)
+    assert a.schema_ == "feedback/1" and a.event_id != b.event_id and a.occurred_at.utcoffset() is not None
+    raw = a.to_json()
+    assert parse_event(raw) == parse_event(raw) == a  # the same bytes, the same event
 
 
 def test_expected_mismatch() -> None:
@@ -306,7 +345,8 @@ def test_expected_mismatch() -> None:
 
 
 def test_validation_message_lists_each_error() -> None:
-    reason, message = reason_and_message(b'{"schema":"drift/1","source":"a","learner":"bad name!","n_seen":-1}')
+    reason, message = reason_and_message({"schema": "drift/1", **ENVELOPE, "source": "a", "learner": "bad name!",
+                                          "n_seen": -1})
     assert reason == "validation"
     assert message.split("; ")[:2] == [
         "learner: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'",

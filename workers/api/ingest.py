@@ -6,11 +6,14 @@ be JSON (415); the body may not exceed ``api.max_body_bytes``, checked on
 ``Content-Length`` before reading and while reading a chunked body (413), nor
 hold more than ``api.max_batch`` events (413); every event is validated with
 the schemas the workers use, as if read off the wire (422, listing each invalid
-event by index, and then *nothing* is produced). An event without ``source``
-gets the key's name. The answer is 202 with the event ids once the broker has
-acknowledged every event; 503 if it did not in ``api.produce_timeout_s`` (some
-events may then be on the topic: send your own ``event_id`` to make a retry
-safe, consumers drop duplicates by it).
+event by index, and then *nothing* is produced). HTTP is not the wire, so a
+request may leave out what the gateway can fill in: ``schema`` (the route's),
+``event_id`` (a new UUID), ``occurred_at`` (the time of the request) and
+``source`` (the key's name); the records it produces carry all of them. The
+answer is 202 with the event ids once the broker has acknowledged every event;
+503 if it did not in ``api.produce_timeout_s`` (some events may then be on the
+topic: send your own ``event_id`` to make a retry safe, consumers drop
+duplicates by it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from pydantic import BaseModel
 from pydantic_core import from_json, to_json
 from starlette.requests import ClientDisconnect
 
-from schemas import ConversationEvent, Envelope, FeedbackEvent, InvalidEvent, PredictionEvent, parse_event
+from schemas import (
+    ConversationEvent,
+    Envelope,
+    FeedbackEvent,
+    InvalidEvent,
+    PredictionEvent,
+    fill_envelope,
+    parse_event,
+)
 from streams.producer import route
 from workers.api.auth import WriteCaller
 from workers.api.deps import Gateway, GatewayDep
@@ -124,8 +135,7 @@ def decode_events(body: bytes, model: type[Envelope], *, default_source: str, ma
             # misreported as invalid JSON, so say what a worker reading the bytes would say.
             errors.append(ItemError(index=index, reason="validation", error="a number is too large to be finite"))
             continue
-        if "source" not in item:
-            item = {**item, "source": default_source}
+        item = fill_envelope({"source": default_source, **item}, model.SCHEMA_ID)
         try:
             # Validated from JSON, exactly as a worker reads it off the topic.
             events.append(parse_event(to_json(item, inf_nan_mode="constants"), model))
