@@ -7,13 +7,17 @@ Nothing else in the project reads the environment.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from learners.config import LearnersConfig, load_learners_file
 from learners.finetune import FineTuneConfig
 from learners.knowledge.config import NlpConfig
 from schemas.errors import ConfigError
@@ -151,6 +155,17 @@ class Settings(BaseSettings):
     def graph_path(self) -> Path:
         return self.graph.path or self.data_dir / "graph"
 
+    def load_learners(self) -> LearnersConfig:
+        """The learners file, validated as every worker and `learnloop learners` read it.
+
+        Only the default path may be absent (the built-in default learner then applies): a
+        file named by ``LEARNLOOP_LEARNERS_FILE`` that does not exist is an error, not defaults.
+        """
+        explicit = "learners_file" in self.model_fields_set
+        if explicit and not self.learners_file.exists():
+            raise ConfigError(f"LEARNLOOP_LEARNERS_FILE: no such file: {self.learners_file}")
+        return load_learners_file(self.learners_file, required=explicit)
+
 
 def _without_password(value: object) -> object:
     # A URL's userinfo is how Redis (and others) take a password: never echo it.
@@ -161,8 +176,12 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; a bad value becomes one ConfigError line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except SettingsError as exc:  # e.g. LEARNLOOP_KAFKA='{not json'
+    except SettingsError as exc:  # e.g. LEARNLOOP_KAFKA='{not json' or LEARNLOOP_NLP__GAZETTEER=notjson
         field = re.search(r'field "([^"]+)"', str(exc))
+        names = _unparsable_variables(field.group(1)) if field else []
+        if names:
+            raise ConfigError(f"{', '.join(names)}: cannot parse the value as JSON (this setting takes a JSON "
+                              "list or object)") from None
         name = f"LEARNLOOP_{field.group(1).upper()}" if field else "LEARNLOOP_*"
         raise ConfigError(f"{name}: cannot parse the value (a section given whole must be a JSON object)") from None
     except ValidationError as exc:
@@ -176,3 +195,43 @@ def load_settings(**overrides: object) -> Settings:
         shown = "" if isinstance(got, dict) or secret or echoed else f" (got {got!r})"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{name}: {msg}{shown}{more}") from None
+
+
+def _unparsable_variables(field: str) -> list[str]:
+    """The variables set for section ``field`` whose value must be JSON and is not (name them, not the section)."""
+    prefix = f"LEARNLOOP_{field}".upper()
+    section = Settings.model_fields[field].annotation if field in Settings.model_fields else None
+    names = []
+    for name, value in os.environ.items():  # settings.py is the one place that reads the environment
+        upper = name.upper()
+        if upper == prefix:
+            path: list[str] = []
+        elif upper.startswith(prefix + "__"):
+            path = upper[len(prefix) + 2 :].lower().split("__")
+        else:
+            continue
+        if _takes_json(section, path) and not _is_json(value):
+            names.append(name)
+    return sorted(names)
+
+
+def _takes_json(annotation: Any, path: list[str]) -> bool:
+    # pydantic-settings decodes a variable as JSON when its field holds a model, a list or a map.
+    for part in path:
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if not is_model or part not in annotation.model_fields:
+            return False
+        annotation = annotation.model_fields[part].annotation
+    kinds = [annotation, *get_args(annotation)] if get_origin(annotation) in (Union, UnionType) else [annotation]
+    return any(
+        get_origin(k) in (list, dict, tuple, set, frozenset) or (isinstance(k, type) and issubclass(k, BaseModel))
+        for k in kinds
+    )
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True

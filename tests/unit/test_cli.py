@@ -183,7 +183,7 @@ def test_produce_skip_invalid_sends_the_rest(tmp_path: Path, sent: list[Envelope
     evs = events()
     lines: list[bytes | str] = [evs[0].to_json(), "[]", evs[1].to_json()]
     res = runner.invoke(app, ["produce", "--skip-invalid", str(jsonl(tmp_path / "e.jsonl", lines))])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # sent, and still a failure a script notices
     assert sent == evs[:2]
     assert res.stderr.splitlines() == [f"line 2: {problem('[]')}"]
     assert res.stdout.strip() == "sent 2 event(s), skipped 1 invalid"
@@ -261,3 +261,67 @@ def test_unreachable_broker_leaks_no_producer(tmp_path: Path) -> None:
     res = learnloop("produce", str(file), env={"LEARNLOOP_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}, cwd=tmp_path)
     assert res.returncode == 2
     assert "Unclosed" not in res.stderr, res.stderr
+
+
+# -- exit codes and messages through main() (issue 9, point 11) -----------------------
+
+
+def test_produce_with_an_invalid_line_exits_1_through_main(tmp_path: Path) -> None:
+    # main() ran click without standalone mode and dropped the code of `typer.Exit(1)`: exit 0.
+    bad = '{"schema": "feedback/1"}'
+    file = jsonl(tmp_path / "e.jsonl", [events()[0].to_json(), bad])
+    res = learnloop("produce", str(file), cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.splitlines() == [
+        f"line 2: {problem(bad)}",
+        "1 invalid line(s); nothing sent (use --skip-invalid to send the rest)",
+    ]
+
+
+def test_graph_entity_unknown_exits_1_with_one_line(tmp_path: Path) -> None:
+    from workers.graph.factory import open_graph
+    from workers.settings import load_settings
+
+    graph = open_graph(load_settings(data_dir=tmp_path / ".learnloop"))
+    try:
+        graph.stats()  # the first use creates the empty graph, as the conversation worker does
+    finally:
+        graph.close()
+    res = learnloop("graph", "entity", "Nobody", cwd=tmp_path)
+    assert (res.returncode, res.stderr.strip()) == (1, "no entity named 'Nobody'")
+
+
+@pytest.mark.parametrize(
+    ("args", "command"), [(["models", "--json"], "models"), (["worker", "trainer"], "worker trainer")]
+)
+def test_a_command_without_the_train_extra_says_what_to_install(
+    tmp_path: Path, args: list[str], command: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # As if the extra were not installed: `import mlflow` fails, find_spec finds nothing.
+    (site / "sitecustomize.py").write_text('import sys\nsys.modules["mlflow"] = None\n')
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    res = learnloop(*args, env={"PYTHONPATH": path}, cwd=tmp_path)
+    assert_one_error_line(res, f"learnloop {command} needs the 'train' extra", "mlflow", "pip install -e '.[train]'")
+
+
+def test_an_unparsable_nested_variable_is_named_exactly(tmp_path: Path) -> None:
+    res = learnloop("learners", env={"LEARNLOOP_NLP__GAZETTEER": "notjson"}, cwd=tmp_path)
+    assert_one_error_line(res, "LEARNLOOP_NLP__GAZETTEER: cannot parse the value as JSON")
+
+
+@pytest.mark.parametrize("args", [["learners"], ["worker", "feedback"]])
+def test_an_explicit_learners_file_that_does_not_exist_is_an_error(tmp_path: Path, args: list[str]) -> None:
+    res = learnloop(*args, env={"LEARNLOOP_LEARNERS_FILE": "missing.toml"}, cwd=tmp_path)
+    assert_one_error_line(res, "LEARNLOOP_LEARNERS_FILE: no such file: missing.toml")
+
+
+def test_learners_refuses_the_file_the_workers_refuse_with_the_same_line(tmp_path: Path) -> None:
+    learners = tmp_path / "learners.toml"  # the default path: found without any variable
+    learners.write_text('[learners.sea]\nmodel = "no_such_model"\n')
+    # An unreachable Redis shows the file is checked first, as the worker checks it before starting.
+    env = {"LEARNLOOP_REDIS__URL": "redis://127.0.0.1:1/0"}
+    status, worker = (learnloop(*args, env=env, cwd=tmp_path) for args in (["learners"], ["worker", "feedback"]))
+    assert_one_error_line(status, "learners.toml: learners.sea.model")
+    assert status.stderr == worker.stderr

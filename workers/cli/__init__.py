@@ -1,13 +1,15 @@
 """The `learnloop` command: one Typer app, one sub-app per command group.
 
 Errors we raise on purpose (``LearnloopError``) print as one line on stderr and
-exit with code 2; a traceback means a bug.
+exit with code 2; so does a command that needs an extra that is not installed.
+A traceback means a bug.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import typer
 
@@ -37,12 +39,25 @@ app.command("models")(training_cmd.models)
 app.add_typer(training_cmd.db_app, name="db")
 
 
+TRAIN_EXTRA_MODULES = frozenset({"mlflow", "torch", "transformers", "peft", "optuna", "pandas"})
+"""Top-level modules that only the ``train`` extra installs."""
+
+
 def main() -> None:
     try:
         # Without standalone mode click returns a typer.Exit's code instead of exiting with it.
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        typer.echo(
+            f"error: learnloop {_command_path(sys.argv[1:])} needs the 'train' extra (no module named {exc.name!r}): "
+            "pip install -e '.[train]'",
+            err=True,
+        )
+        sys.exit(2)
     except LearnloopError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -61,6 +76,19 @@ def main() -> None:
             show()
             sys.exit(code)
         raise
+
+
+def _command_path(argv: list[str]) -> str:
+    """The command and sub-commands named in ``argv`` (``"worker trainer"``), without their arguments."""
+    command: Any = typer.main.get_command(app)
+    path = []
+    for word in argv:
+        commands = getattr(command, "commands", {})
+        if word not in commands:
+            break
+        command = commands[word]
+        path.append(word)
+    return " ".join(path) or "this command"
 
 
 # Library loggers whose INFO lines are routine for us. aiokafka's subscription state says "Updating

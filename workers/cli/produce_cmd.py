@@ -1,4 +1,10 @@
-"""`learnloop produce FILE.jsonl`: validate every line, then send them with the SDK."""
+"""`learnloop produce FILE.jsonl`: validate every line, then send them with the SDK.
+
+Every line is a complete record (``schema``, ``event_id``, ``occurred_at`` included, as on
+the wire), so sending a file twice sends the same events and consumers drop the repeats.
+Any invalid line makes the exit code 1, with one stderr line per invalid line saying why;
+by default nothing is sent then, with ``--skip-invalid`` the valid lines still are.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,14 @@ from workers.cli.common import run_async, settings
 
 def produce(
     file: Path = typer.Argument(..., help="JSON Lines, one event per line ('-' for stdin)."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Send the valid lines even if some are not."),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Send the valid lines even if some are not (the exit code is still 1)."
+    ),
 ) -> None:
-    """Validate and publish events; each goes to its topic with the contract's key."""
+    """Validate and publish events; each goes to its topic with the contract's key.
+
+    Exits 1 if any line is invalid (each one is reported); nothing is sent then, unless --skip-invalid.
+    """
     if str(file) != "-" and not file.is_file():
         raise typer.BadParameter(f"no such file: {file}", param_hint="FILE")
     lines = sys.stdin.read().splitlines() if str(file) == "-" else file.read_text().splitlines()
@@ -47,3 +58,5 @@ def produce(
 
     run_async(send(), settings=s)
     typer.echo(f"sent {len(events)} event(s)" + (f", skipped {len(bad)} invalid" if bad else ""))
+    if bad:
+        raise typer.Exit(1)  # a script must notice the lines that were not sent

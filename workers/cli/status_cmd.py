@@ -29,6 +29,7 @@ async def _fetch(store: RedisStore) -> list[dict[str, Any]]:
 def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Each learner's events learned, prequential metrics and drift alarms."""
     s = settings()
+    s.load_learners()  # refuse the file the workers would refuse, with the same line
     rows = run_async(_fetch(RedisStore.from_config(s.redis)), settings=s)
     out = [
         {

@@ -12,12 +12,11 @@ app = typer.Typer(help="Run a worker against the configured broker and Redis.", 
 @app.command("feedback")
 def feedback() -> None:
     """Learn from learnloop.feedback (joined with learnloop.predictions); emit drift and retrain events."""
-    from learners.config import load_learners_file
     from workers.cli import setup_logging
     from workers.feedback.worker import run_feedback_worker
 
     s = settings()
-    learners = load_learners_file(s.learners_file)  # a bad file fails here, in one line
+    learners = s.load_learners()  # a bad or missing file fails here, in one line
     setup_logging(s.log_level)
     run_feedback_worker(s, learners=learners)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 
-from learners.config import LearnersConfig, load_learners_file
+from learners.config import LearnersConfig
 from schemas import DriftEvent
 from streams.admin import ensure_topics
 from streams.app import EXIT_LOOP_FAILED, LoopService, add_drift_agent, create_app
@@ -35,7 +35,7 @@ class FeedbackWorker:
 
     @classmethod
     def build(cls, settings: Settings, learners: LearnersConfig | None = None) -> FeedbackWorker:
-        learners = learners or load_learners_file(settings.learners_file)
+        learners = learners or settings.load_learners()
         store = RedisStore.from_config(settings.redis, dedup_window=settings.feedback.dedup_window)
         fb = settings.feedback
         sink = None

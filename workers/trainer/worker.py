@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from learners.config import LearnersConfig, load_learners_file
+from learners.config import LearnersConfig
 from schemas import DeadLetter, RetrainRequest, parse_event
 from schemas.errors import InvalidEvent
 from streams.admin import ensure_topics
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def build_trainer(settings: Settings, learners: LearnersConfig | None = None) -> Trainer:
     from workers.trainer.registry import ModelRegistry  # imports MLflow: only where it is needed
 
-    learners = learners or load_learners_file(settings.learners_file)
+    learners = learners or settings.load_learners()
     engine = migrated_engine(settings.database, settings.data_dir)  # schema managed by Alembic
     registry = ModelRegistry(settings.mlflow, settings.data_dir)
     pipeline = TrainingPipeline(
