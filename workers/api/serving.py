@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from learners.config import LearnersConfig, load_learners_file
+from learners.config import LearnersConfig
 from streams.metrics import PredictorMetrics
 from streams.predictor import LearnerNotFollowed, ModelNotReady, OnlinePredictor, Prediction
 from streams.producer import EventProducer
@@ -74,7 +74,7 @@ async def start_serving(
     ``producer`` is the gateway's own, shared for the prediction log; without one the
     predictor starts its own.
     """
-    learners = load_learners_file(settings.learners_file)
+    learners = settings.load_learners()
     store = RedisModelStore.from_config(settings.redis, settings.serving)
     owned.push_async_callback(store.close)
     predictor = OnlinePredictor(

@@ -27,11 +27,10 @@ def retrain(
     last_n: int = typer.Option(None, "--last-n", min=1, help="Train on the newest N samples."),
 ) -> None:
     """Ask the trainer for a new version of MODEL (a manual RetrainRequest on learnloop.retrain)."""
-    from learners.config import load_learners_file
     from schemas import DataWindow
 
     s = settings()
-    learners = load_learners_file(s.learners_file)  # a bad file fails here, in one line, before anything is sent
+    learners = s.load_learners()  # a bad file fails here, in one line, before anything is sent
     req = RetrainRequest(
         model=model, reason="manual", learner=learner, window=DataWindow(last_n=last_n), source=s.source
     )

@@ -35,12 +35,11 @@ def conversations() -> None:
 @app.command("trainer")
 def trainer() -> None:
     """Run retraining jobs from learnloop.retrain; announce new versions on learnloop.model-updates."""
-    from learners.config import load_learners_file
     from workers.cli import setup_logging
     from workers.trainer.worker import run_trainer_worker
 
     s = settings()
-    learners = load_learners_file(s.learners_file)  # which learners train which model: a bad file fails here
+    learners = s.load_learners()  # which learners train which model: a bad file fails here
     setup_logging(s.log_level)
     run_trainer_worker(s, learners=learners)
 

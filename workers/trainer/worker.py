@@ -80,7 +80,7 @@ class TrainerLoop:
 
 
 def run_trainer_worker(settings: Settings, learners: LearnersConfig | None = None) -> None:
-    learners = learners or load_learners_file(settings.learners_file)
+    learners = learners or settings.load_learners()
     log_trainable_models(learners, settings.learners_file)
     trainer = build_trainer(settings, learners)
     # The group id is what `learnloop retrain` looks for to tell whether a trainer is listening.
