@@ -23,6 +23,7 @@ from schemas.envelope import (
     Metrics,
     Timestamp,
     WireModel,
+    rfc3339,
     utc_now,
 )
 from schemas.errors import InvalidEvent
@@ -90,6 +91,7 @@ __all__ = [
     "export_json_schemas",
     "fill_envelope",
     "parse_event",
+    "rfc3339",
     "schema_file_name",
     "utc_now",
 ]

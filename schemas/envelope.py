@@ -106,6 +106,21 @@ def as_utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def rfc3339(value: datetime | float | None) -> str | None:
+    """A time as every JSON output spells it: RFC 3339 in UTC, with its offset; epoch seconds converted.
+
+    >>> rfc3339(datetime(2026, 1, 1, 14, tzinfo=timezone(timedelta(hours=2))))
+    '2026-01-01T12:00:00+00:00'
+    >>> rfc3339(1767268800.5), rfc3339(None)
+    ('2026-01-01T12:00:00.500000+00:00', None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    return datetime.fromtimestamp(value, UTC).isoformat()
+
+
 Timestamp = Annotated[
     datetime,
     _SpelledAs(datetime, RFC3339_PATTERN, "must be an RFC 3339 date-time string with an offset "

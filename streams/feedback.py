@@ -20,7 +20,7 @@ from learners.config import LearnersConfig, LearnerSpec
 from learners.labels import Target, resolve_target
 from learners.models import with_text
 from learners.online import OnlineLearner
-from schemas import DeadLetter, Envelope, FeedbackEvent, PredictionEvent, parse_event
+from schemas import DeadLetter, DriftEvent, Envelope, FeedbackEvent, PredictionEvent, parse_event, rfc3339
 from schemas.errors import InvalidEvent
 from streams.derived import RawRecord, dead_letter, drift_events
 from streams.partitioning import Forward, forward, owner_partition
@@ -46,6 +46,8 @@ class LearnerSlot:
     learner: OnlineLearner
     last_event_at: datetime | None = None  # event time of the newest learned event
     learned_at: float | None = None  # wall clock of the last learn
+    # when the last drift was detected; older snapshots lack it and read the class default, None
+    last_drift_at: datetime | None = None
 
 
 @dataclass
@@ -70,8 +72,11 @@ class PartitionState:
         out: dict[str, dict[str, Any]] = {}
         for name, slot in self.slots.items():
             st = slot.learner.status()
-            st["last_event_at"] = slot.last_event_at.isoformat() if slot.last_event_at else None
-            st["learned_at"] = slot.learned_at
+            # Times in RFC 3339 UTC, as in every JSON output; the last drift as a position and a time.
+            st["last_event_at"] = rfc3339(slot.last_event_at)
+            st["learned_at"] = rfc3339(slot.learned_at)
+            st["last_drift_n"] = (st.get("last_drift") or {}).get("n_seen")
+            st["last_drift_at"] = rfc3339(slot.last_drift_at)
             st["partition"] = self.partition
             st["topic"] = self.topic
             st["offset"] = self.offset
@@ -386,7 +391,9 @@ class FeedbackProcessor:
             )
         if outcome.drift is not None:
             result.drifts += 1
-            result.outputs.extend(drift_events(learner, outcome.drift, source=self.source))
+            derived = drift_events(learner, outcome.drift, source=self.source)
+            slot.last_drift_at = next(e.detected_at for e in derived if isinstance(e, DriftEvent))
+            result.outputs.extend(derived)
 
     @staticmethod
     def _target(ev: FeedbackEvent, spec: LearnerSpec) -> Target:

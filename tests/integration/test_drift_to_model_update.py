@@ -101,7 +101,7 @@ async def test_drift_triggers_fine_tuning_and_a_model_update(settings: Settings,
         assert job["result"]["version"] == "1" and job["result"]["promoted"] is False
         assert "no champion yet, but" in job["result"]["reason"]
         [learner] = cli_json(env, "learners", "--json")
-        assert learner["drifts"] >= 1 and 1500 < learner["last_drift_at"] < 1700
+        assert learner["drifts"] >= 1 and 1500 < learner["last_drift_n"] < 1700
     finally:
         for proc, name in ((feedback, "feedback"), (trainer, "trainer")):
             assert stop_worker(proc) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
 
@@ -27,7 +28,8 @@ async def test_commit_appends_ids_in_order_and_trims_to_the_window(settings: Set
         assert await store.load("fb", 0) == b"two"
         assert await store.recent_ids("fb", 1) == []  # windows are per partition
         [status_read] = await store.learner_statuses()
-        assert status_read["n_learned"] == 3_000 and status_read["snapshot_at"] > 0
+        assert status_read["n_learned"] == 3_000
+        assert datetime.fromisoformat(status_read["snapshot_at"]).utcoffset() == timedelta(0)
     finally:
         await store.close()
 

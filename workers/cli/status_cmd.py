@@ -39,9 +39,11 @@ def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
             "n_learned": r.get("n_learned", 0),
             "metrics": r.get("metrics", {}),
             "drifts": r.get("drifts", 0),
-            "last_drift_at": (r.get("last_drift") or {}).get("n_seen"),
+            "last_drift_n": (r.get("last_drift") or {}).get("n_seen"),
+            "last_drift_at": r.get("last_drift_at"),
             "last_drift": r.get("last_drift"),
             "last_event_at": r.get("last_event_at"),
+            "learned_at": r.get("learned_at"),
             "snapshot_at": r.get("snapshot_at"),
             "partition": r.get("partition"),
             "owner_partition": r.get("owner_partition"),
@@ -55,7 +57,9 @@ def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     if not out:
         typer.echo("no learner state yet (is `learnloop worker feedback` running against this Redis?)")
         return
-    table = Table("learner", "partition", "model", "learned", "accuracy / mae", "rolling", "drifts", "last drift at")
+    table = Table(
+        "learner", "partition", "model", "learned", "accuracy / mae", "rolling", "drifts", "last drift at event"
+    )
     for r in out:
         m = r["metrics"]
         main = m.get("accuracy", m.get("mae"))
@@ -63,7 +67,7 @@ def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
         table.add_row(
             r["name"], _where(r), str(r["model"]), f"{r['n_learned']:,}",
             f"{main:.4f}" if main is not None else "-", f"{rolling:.4f}" if rolling is not None else "-",
-            str(r["drifts"]), str(r["last_drift_at"] or "-"),
+            str(r["drifts"]), f"{r['last_drift_n']:,}" if r["last_drift_n"] is not None else "-",
         )
     Console().print(table)
     split = sorted({r["name"] for r in out if r["split"]})

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from schemas.envelope import rfc3339
 from schemas.errors import StoreUnavailable
 from workers.settings import RedisConfig
 
@@ -128,7 +129,7 @@ class RedisStore:
                 # One argument instead of 2 per id: redis-py packs each argument in Python
                 # (~2.5 us an id, 20k ids a snapshot); the script splits them server-side.
                 p.eval(_APPEND_IDS, 1, dedup, offset * 1_000_000, self.dedup_window, "\n".join(event_ids))
-            now = time.time()
+            now = rfc3339(time.time())
             for name, st in statuses.items():
                 row = json.dumps({**st, "snapshot_at": now}, default=str)
                 p.hset(self._k("status", name), f"{topic}:{partition}", row)

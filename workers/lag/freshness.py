@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.envelope import rfc3339
+
 
 @dataclass(frozen=True)
 class Freshness:
@@ -39,8 +41,8 @@ class Freshness:
             "learner": self.learner,
             "topic": self.topic,
             "partition": self.partition,
-            "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
-            "newest_event_at": self.newest_event_at.isoformat() if self.newest_event_at else None,
+            "last_event_at": rfc3339(self.last_event_at),
+            "newest_event_at": rfc3339(self.newest_event_at),
             "behind": self.behind,
             "freshness_s": self.freshness_s,
             "stale": self.stale,

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas import DataWindow, RetrainRequest
-from schemas.envelope import utc_now
+from schemas.envelope import rfc3339, utc_now
 from schemas.errors import LearnloopError
 from workers.store.engine import available, writer
 from workers.store.models import JOB_STATUSES, JobRequest, TrainingJob, TrainingOutcome
@@ -93,7 +93,7 @@ def _window_json(w: DataWindow) -> dict[str, Any]:
 
 
 def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt is not None else None
+    return rfc3339(dt)  # SQLite gives times back without their zone: they are UTC
 
 
 DATASET_INVALID_PREFIX = "dataset invalid: "
