@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import StringConstraints, field_validator
 
 from schemas.envelope import (
     MAX_COMMENT,
@@ -84,7 +85,9 @@ class DeadLetter(Envelope):
     payload: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
     reason: Tag
     error: ErrorInfo
-    failed_at: Timestamp = Field(default_factory=utc_now)
+    failed_at: Timestamp = filled_in_python()
+
+    FILLED_IN: ClassVar[dict[str, Callable[[], object]]] = {**Envelope.FILLED_IN, "failed_at": utc_now}
 
     @classmethod
     def from_record(
@@ -117,6 +120,26 @@ class DeadLetter(Envelope):
             reason=_as_reason(reason),
             error=error if isinstance(error, ErrorInfo) else ErrorInfo.from_exception(error),
         )
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers with the reason and the source coordinates, for tools that filter without decoding.
+
+        ``kcat -J`` shows them; so does any consumer that reads headers.
+
+        >>> dl = DeadLetter.from_record(topic="learnloop.feedback", partition=3, offset=1017, key=None,
+        ...                             value=b"{", error=ValueError("bad"), source="agent", reason="invalid_json")
+        >>> [name for name, _ in dl.headers()]
+        ['reason', 'source_topic', 'source_partition', 'source_offset', 'error_type']
+        >>> dict(dl.headers())["source_offset"], dict(dl.headers())["error_type"]
+        (b'1017', b'ValueError')
+        """
+        return [
+            ("reason", self.reason.encode()),
+            ("source_topic", self.source_topic.encode()),
+            ("source_partition", str(self.partition).encode()),
+            ("source_offset", str(self.offset).encode()),
+            ("error_type", self.error.type.encode()),
+        ]
 
     def payload_bytes(self) -> bytes:
         """The original record value, byte for byte."""

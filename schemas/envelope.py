@@ -9,6 +9,7 @@ must be finite: ``NaN`` and ``±Infinity`` are rejected everywhere.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
@@ -109,6 +110,7 @@ def as_utc(dt: datetime) -> datetime:
 def rfc3339(value: datetime | float | None) -> str | None:
     """A time as every JSON output spells it: RFC 3339 in UTC, with its offset; epoch seconds converted.
 
+    >>> from datetime import timedelta, timezone
     >>> rfc3339(datetime(2026, 1, 1, 14, tzinfo=timezone(timedelta(hours=2))))
     '2026-01-01T12:00:00+00:00'
     >>> rfc3339(1767268800.5), rfc3339(None)
@@ -208,15 +210,17 @@ class Envelope(WireModel):
     occurred_at: Timestamp = filled_in_python()
     source: str = Field(min_length=1, max_length=MAX_NAME)
 
+    FILLED_IN: ClassVar[dict[str, Callable[[], object]]] = {"event_id": uuid.uuid4, "occurred_at": utc_now}
+    """Fields that Python construction fills in when they are not given (see :func:`filled_in_python`)."""
+
     def __init__(self, /, **data: Any) -> None:
         # Only construction in Python comes through here; readers validate JSON or dicts
         # directly (`parse_event`), where a missing schema, id or time is an error.
         if "schema" not in data and "schema_" not in data:
             data["schema"] = self.SCHEMA_ID
-        if "event_id" not in data:
-            data["event_id"] = uuid.uuid4()
-        if "occurred_at" not in data:
-            data["occurred_at"] = utc_now()
+        for name, make in self.FILLED_IN.items():
+            if name not in data:
+                data[name] = make()
         super().__init__(**data)
 
     # Marks this __init__ as pydantic's own, so validation (`model_validate_json`, every

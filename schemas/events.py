@@ -7,6 +7,7 @@ Nested parts (``WindowStats``, ``DataWindow``, ``Lineage``, ``EntityRef``,
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, StringConstraints, model_validator
@@ -254,13 +255,8 @@ class RetrainRequest(Envelope):
     drift_event_id: Uuid | None = None
     window: DataWindow = Field(default_factory=DataWindow)
 
-    def __init__(self, /, **data: Any) -> None:
-        # Like event_id: a new id for a request made in Python, required on the wire.
-        if "request_id" not in data:
-            data["request_id"] = uuid.uuid4()
-        super().__init__(**data)
-
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # see Envelope.__init__
+    # Like event_id: a new id for a request made in Python, required on the wire.
+    FILLED_IN: ClassVar[dict[str, Callable[[], object]]] = {**Envelope.FILLED_IN, "request_id": uuid.uuid4}
 
 
 class Lineage(WireModel):

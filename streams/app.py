@@ -137,7 +137,7 @@ def add_drift_agent(
                     topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
                     value=msg.value, error=exc, source=f"{kafka.client_id}-drift-log",
                 )
-                await topics["deadletter"].send(key=msg.key, value=dl.to_json())
+                await topics["deadletter"].send(key=msg.key, value=dl.to_json(), headers=dl.headers())
                 m.deadlettered.labels(msg.topic, dl.reason).inc()
                 continue
             assert isinstance(ev, DriftEvent)

@@ -73,12 +73,17 @@ def as_event(item: EventLike) -> Envelope:
     return parse_event(item if isinstance(item, bytes | str) else fill_envelope(item))
 
 
+def record_headers(event: Envelope) -> list[tuple[str, bytes]] | None:
+    """Kafka headers an event travels with: a dead letter's reason and source coordinates, else none."""
+    return event.headers() if isinstance(event, DeadLetter) else None
+
+
 async def send_and_wait(producer: AIOKafkaProducer, events: Iterable[Envelope], topics: Topics) -> None:
     """Send each event to its topic with its key (:func:`route`), then wait until every one is acknowledged."""
     futures = []
     for e in events:
         topic, key = route(e, topics)
-        futures.append(await producer.send(topic, value=e.to_json(), key=key))
+        futures.append(await producer.send(topic, value=e.to_json(), key=key, headers=record_headers(e)))
     await asyncio.gather(*futures)
 
 
@@ -137,7 +142,7 @@ class EventProducer:
         """Validate and queue one event; returns the validated event (with its event_id)."""
         event = as_event(item)
         topic, key = route(event, self.topics)
-        fut = await self.producer.send(topic, value=event.to_json(), key=key)
+        fut = await self.producer.send(topic, value=event.to_json(), key=key, headers=record_headers(event))
         self._pending.append(fut)
         if len(self._pending) >= 10_000:
             await self._drain()

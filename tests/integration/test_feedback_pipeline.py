@@ -126,6 +126,13 @@ async def test_invalid_events_are_dead_lettered_with_reason_and_offset(
         assert dl.reason == reason, (raw, dl.error)  # type: ignore[attr-defined]
         assert dl.source_topic == topics.feedback  # type: ignore[attr-defined]
         assert dl.offset >= 25 and dl.error.message  # type: ignore[attr-defined]
+    for record, dl in zip(dead, letters, strict=True):  # the same, as headers that tools filter on
+        assert dict(record.headers) == {
+            "reason": dl.reason.encode(), "source_topic": topics.feedback.encode(),  # type: ignore[attr-defined]
+            "source_partition": str(dl.partition).encode(),  # type: ignore[attr-defined]
+            "source_offset": str(dl.offset).encode(),  # type: ignore[attr-defined]
+            "error_type": dl.error.type.encode(),  # type: ignore[attr-defined]
+        }
 
     async def learned_all() -> bool:
         st = await running.statuses()

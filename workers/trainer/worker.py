@@ -99,7 +99,7 @@ def run_trainer_worker(settings: Settings, learners: LearnersConfig | None = Non
                     topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
                     value=msg.value, error=exc, source=settings.source,
                 )
-                await topics["deadletter"].send(key=msg.key, value=dl.to_json())
+                await topics["deadletter"].send(key=msg.key, value=dl.to_json(), headers=dl.headers())
                 trainer.metrics.deadlettered.labels(msg.topic, dl.reason).inc()
                 continue
             assert isinstance(req, RetrainRequest)
