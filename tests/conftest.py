@@ -79,6 +79,9 @@ def unique() -> str:
 @pytest.fixture
 def settings(broker: EmbeddedBroker, redis_url: str, unique: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings pointing at the session broker and Redis, isolated by prefixes."""
+    # A learners file that is named must exist (only the default path may be absent). An empty one
+    # declares nothing, so every learner gets the default; tests that need learners write over it.
+    (tmp_path / "learners.toml").touch()
     s = load_settings(
         kafka=KafkaConfig(
             bootstrap_servers=broker.bootstrap_servers,
