@@ -311,7 +311,7 @@ class RolloutEvent(Envelope):
     """
 
     SCHEMA_ID: ClassVar[str] = "rollout/1"
-    schema_: Literal["rollout/1"] = Field(default="rollout/1", alias="schema")
+    schema_: Literal["rollout/1"] = filled_in_python(alias="schema")
     model: Name
     rollout_id: Ident
     state: Literal["running", "paused", "promoted", "rolled_back", "aborted", "inconclusive"]
@@ -321,8 +321,11 @@ class RolloutEvent(Envelope):
     champion_version: Ident | None = None
     challenger_version: Ident
     reason: Annotated[str, StringConstraints(max_length=MAX_COMMENT)] = ""
-    decided_at: Timestamp = Field(default_factory=utc_now)
+    decided_at: Timestamp = filled_in_python()
     statistics: Metrics = Field(default_factory=dict)
+
+    # Like event_id: the current time for a decision made in Python, required on the wire.
+    FILLED_IN: ClassVar[dict[str, Callable[[], object]]] = {**Envelope.FILLED_IN, "decided_at": utc_now}
 
 
 EntityText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STR_VALUE)]
