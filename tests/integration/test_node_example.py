@@ -1,4 +1,6 @@
-"""The README's Node.js producer runs as written: kafkajs + ajv against the exported JSON Schema and the real broker.
+"""The README's Node.js producer runs as written, and its list of internal topics is what the workers create.
+
+The Node.js producer is kafkajs + ajv against the exported JSON Schema and the real broker.
 
 The README shows ``examples/node/produce.mjs`` verbatim; this test installs its pinned packages with npm
 (a private cache in a temporary folder), runs it, and reads what it sent as a worker does.
@@ -12,12 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas import FeedbackEvent, export_json_schemas, parse_event
 from streams.admin import ensure_topics
 from streams.topics import Topics
-from tests.integration.util import read_topic
+from tests.conftest import worker_env
+from tests.integration.util import read_topic, start_worker, stop_worker, wait_for
 from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -58,3 +62,31 @@ async def test_the_node_example_sends_a_valid_event_to_the_learners_owner_partit
     assert isinstance(event, FeedbackEvent) and event.learner == LEARNER and record.key == LEARNER.encode()
     partitions = list(range(settings.kafka.partitions))
     assert record.partition == DefaultPartitioner()(LEARNER.encode(), partitions, partitions)
+
+
+async def test_the_readme_names_the_internal_topics_a_worker_creates(settings: Settings, tmp_path: Path) -> None:
+    """What a feedback worker's Faust layer creates besides the contract's topics is what the README lists."""
+    worker = start_worker(worker_env(settings), tmp_path / "worker.log")
+    try:
+        async def internal() -> list[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+            await admin.start()
+            try:
+                names = await admin.list_topics()
+            finally:
+                await admin.close()
+            # Other tests' topics carry their own prefixes; the Faust ones are named after the app id.
+            return sorted(n for n in names if n.startswith("learnloop-"))
+
+        found: list[str] = []
+
+        async def created() -> bool:
+            found[:] = await internal()
+            return "learnloop-feedback-worker-__assignor-__leader" in found
+
+        await wait_for(created, timeout=120, what="the feedback worker's Faust topics")
+    finally:
+        assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert not [n for n in found if "changelog" in n]  # the workers keep no Faust tables
+    readme = README.read_text()
+    assert all(f"`{n}`" in readme for n in found if n.startswith("learnloop-feedback-worker")), found
