@@ -29,6 +29,7 @@ from workers.api.memory import MemoryPublisher, MemoryStore
 from workers.cli import app
 from workers.feedback.redis_store import RedisStore
 from workers.lag.freshness import Freshness
+from workers.lag.monitor import LagView
 from workers.settings import Settings, load_settings
 from workers.store.jobs import JobStore
 from workers.store.migrate import migrated_engine
@@ -124,9 +125,13 @@ def test_jobs_json_times_are_utc_with_their_offset(times_settings: Settings) -> 
 
 def test_lag_freshness_times_are_utc() -> None:
     plus_two = timezone(timedelta(hours=2))
-    row = Freshness(
+    fresh = Freshness(
         learner="sea", topic="fb", partition=0, last_event_at=datetime(2026, 1, 1, 14, tzinfo=plus_two),
         newest_event_at=datetime(2026, 1, 1, 14, 1, tzinfo=plus_two), behind=3, freshness_s=60.0, stale=False,
-    ).as_json()
+    )
+    row = fresh.as_json()
     assert_rfc3339_utc(row, "last_event_at", "newest_event_at")
     assert row["last_event_at"] == "2026-01-01T12:00:00+00:00"
+    view = LagView(time=1767268800.25, partitions=[], groups=[], learners=[fresh]).as_json()  # `lag --json`
+    assert_rfc3339_utc(view, "sampled_at", "last_event_at")
+    assert view["sampled_at"] == "2026-01-01T12:00:00.250000+00:00"

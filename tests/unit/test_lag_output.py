@@ -77,7 +77,7 @@ def test_empty_view() -> None:
 
 def test_json_rows_carry_the_describe_keys() -> None:
     doc = VIEW.as_json()
-    assert set(doc) == {"time", "partitions", "groups", "learners"}
+    assert set(doc) == {"sampled_at", "partitions", "groups", "learners"}
     first = doc["partitions"][0]
     assert {k: first[k] for k in ("group", "topic", "partition", "current_offset", "log_end_offset", "lag")} == {
         "group": "g", "topic": "t", "partition": 0, "current_offset": 42, "log_end_offset": 137, "lag": 95,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from aiokafka import TopicPartition
 
+from schemas.envelope import rfc3339
 from workers.lag.config import LagConfig
 from workers.lag.freshness import Freshness, event_time, learner_freshness
 from workers.lag.history import OffsetHistory, record_time_lag
@@ -88,7 +89,7 @@ class LagView:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "time": self.time,
+            "sampled_at": rfc3339(self.time),
             "partitions": [r.as_json() for r in self.partitions],
             "groups": [g.as_json() for g in self.groups],
             "learners": [f.as_json() for f in self.learners],
