@@ -46,11 +46,13 @@ def trainer() -> None:
 
 @app.command("api")
 def api() -> None:
-    """Serve the HTTP gateway: events in (to Kafka), learner/model/lag status out, the status page."""
+    """Serve the HTTP gateway: events in (to Kafka), predictions, learner/model/lag status out, the status page."""
+    from learners.config import load_learners_file
     from workers.api.server import run_api
     from workers.cli import setup_logging
 
     s = settings()
+    load_learners_file(s.learners_file)  # the learners it serves: a bad file fails here, in one line
     setup_logging(s.log_level)
     run_api(s)
 
