@@ -19,8 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from learners.knowledge.model import GraphBatch
 from schemas import DriftEvent, RetrainRequest
 from schemas.envelope import RFC3339_PATTERN
+from tests.integration.test_graph_store import ADA, BATCH1
 from tests.unit.test_feedback_processor import records, rig, sea_events
 from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
@@ -28,6 +30,7 @@ from workers.api.keys import hash_key
 from workers.api.memory import MemoryPublisher, MemoryStore
 from workers.cli import app
 from workers.feedback.redis_store import RedisStore
+from workers.graph.factory import open_graph
 from workers.lag.freshness import Freshness
 from workers.lag.monitor import LagView
 from workers.settings import Settings, load_settings
@@ -39,11 +42,14 @@ pytestmark = pytest.mark.integration
 KEY = "ll_times-reader"
 
 
+TIME_FIELDS = ("first_seen", "last_seen")  # the graph's times, named after the graph's properties
+
+
 def times_in(doc: Any, path: str = "$") -> Iterator[tuple[str, object]]:
-    """Every ``*_at`` field of a JSON document, with where it is."""
+    """Every ``*_at`` field (and the graph's ``first_seen``/``last_seen``) of a JSON document, with where it is."""
     if isinstance(doc, dict):
         for k, v in doc.items():
-            if isinstance(k, str) and k.endswith("_at") and v is not None:
+            if isinstance(k, str) and (k.endswith("_at") or k in TIME_FIELDS) and v is not None:
                 yield f"{path}.{k}", v
             yield from times_in(v, f"{path}.{k}")
     elif isinstance(doc, list):
@@ -135,3 +141,13 @@ def test_lag_freshness_times_are_utc() -> None:
     view = LagView(time=1767268800.25, partitions=[], groups=[], learners=[fresh]).as_json()  # `lag --json`
     assert_rfc3339_utc(view, "sampled_at", "last_event_at")
     assert view["sampled_at"] == "2026-01-01T12:00:00.250000+00:00"
+
+
+def test_graph_entity_json_times_are_utc(times_settings: Settings) -> None:
+    graph = open_graph(times_settings)
+    try:
+        graph.write(GraphBatch.fold(BATCH1))  # the embedded graph hands its times back without a zone
+    finally:
+        graph.close()
+    found = cli_json(times_settings, "graph", "entity", ADA.name, "--json")
+    assert_rfc3339_utc(found, "first_seen", "last_seen")

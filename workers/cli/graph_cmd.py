@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from schemas.envelope import rfc3339
 from workers.cli.common import settings
 
 app = typer.Typer(help="Query the knowledge graph (read-only).", no_args_is_help=True)
@@ -23,7 +25,14 @@ def _graph() -> Any:
 
 
 def _dump(obj: object) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=_json_value))
+
+
+def _json_value(value: object) -> object:
+    # Times as in every JSON output: RFC 3339 in UTC (the embedded graph returns them without a zone;
+    # Neo4j's driver has its own DateTime type, which converts to a datetime).
+    native = value.to_native() if hasattr(value, "to_native") else value
+    return rfc3339(native) if isinstance(native, datetime) else str(value)
 
 
 @app.command("stats")
