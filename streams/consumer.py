@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 
-from learners.snapshot import dump_snapshot, load_snapshot, read_snapshot_meta
 from schemas import Envelope
-from schemas.errors import SnapshotError, SnapshotSignatureError, StoreUnavailable
+from schemas.errors import StoreUnavailable
 from streams.config import FeedbackConfig, KafkaConfig
+from streams.consumer_restore import OUTAGE, PartitionRestore
 from streams.dedup import DedupCache
 from streams.feedback import ConsumerStats, FeedbackProcessor, LearnedSample, PartitionState
 from streams.lifecycle import Lifecycle
@@ -42,10 +42,9 @@ from streams.publisher import ModelPublisher
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
-_OUTAGE = (TimeoutError, StoreUnavailable, KafkaError, OSError)  # rewind to the snapshots, retry with back-off
 
 
-class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+class FeedbackConsumer(PartitionRestore, ConsumerRebalanceListener):  # type: ignore[misc]
     """Consumes feedback and predictions; hands batches to a :class:`FeedbackProcessor`."""
 
     def __init__(
@@ -128,7 +127,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._consumer is not None and self.states and not self._dirty:
                 try:
                     await self._commit_all()
-                except _OUTAGE as exc:
+                except OUTAGE as exc:
                     log.error("final snapshot skipped (%s); the next owner resumes from the last one", exc)
                 else:
                     self._capture_models(after_snapshot=True)
@@ -142,11 +141,6 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             self._producer = None
         log.info("feedback consumer stopped")
 
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        assert self._consumer is not None, "start() first"
-        return self._consumer
-
     # -- rebalance -------------------------------------------------------------
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -158,7 +152,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     await self._flush_samples()
                 for tp in mine if not self._dirty else []:
                     await self._commit_partition(tp)
-            except _OUTAGE as exc:
+            except OUTAGE as exc:
                 # aiokafka would swallow this and the partitions would stay in self.states, snapshotted
                 # later over their new owner's. Released all the same: the new owner resumes from the
                 # last snapshot; what stays here is rewound to its own.
@@ -184,7 +178,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     continue
                 try:
                     await self._resume(tp)
-                except _OUTAGE as exc:
+                except OUTAGE as exc:
                     log.error("cannot restore %s:%d yet (%s); retrying", tp.topic, tp.partition, exc)
                     self._unrestored.add(tp)
                     self._dirty = True
@@ -192,43 +186,6 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     await self._fail(tp, exc)
             if assigned:
                 log.info("assigned %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(assigned)))
-
-    async def _seek_reset(self, tp: TopicPartition) -> None:
-        if self.config.auto_offset_reset == "earliest":
-            await self.consumer.seek_to_beginning(tp)
-        else:
-            await self.consumer.seek_to_end(tp)
-
-    async def _resume(self, tp: TopicPartition) -> None:
-        """Restore ``tp`` from its snapshot and seek to where the snapshot ends."""
-        state = await self._restore(tp)
-        self.states[tp] = state
-        self._unrestored.discard(tp)
-        if state.offset >= 0:
-            self.consumer.seek(tp, state.next_offset)
-        else:
-            await self._seek_reset(tp)
-
-    async def _restore(self, tp: TopicPartition) -> PartitionState:
-        await self.store.warm(tp.topic, tp.partition)
-        blob = await self.store.load(tp.topic, tp.partition)
-        if blob is None:
-            self._learned.forget(tp.topic, tp.partition)
-            return PartitionState(tp.topic, tp.partition)
-        try:
-            state, meta = load_snapshot(blob, key=self.snapshot_key)
-            if not isinstance(state, PartitionState):
-                raise SnapshotError(f"the snapshot holds {type(state).__name__}, not PartitionState")
-        except SnapshotError as exc:
-            where = f"cannot restore {tp.topic} partition {tp.partition}{_learners_named(blob)}"
-            raise type(exc)(f"{where}: {exc}") from exc
-        self._learned.restored(tp.topic, tp.partition, state.slots)
-        self.metrics.snapshot_restored(tp.topic, tp.partition, meta.created_at)
-        log.info(
-            "restored %s:%d at offset %d (%d learners, %d events learned)",
-            tp.topic, tp.partition, state.next_offset, len(state.slots), meta.n_seen,
-        )
-        return state
 
     # -- the loop ----------------------------------------------------------------
 
@@ -254,7 +211,7 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._maybe_publish_progress()
                 if failing_since is not None and self._recovered(resumed_at):
                     delay, failing_since = 0.5, None
-            except _OUTAGE as exc:
+            except OUTAGE as exc:
                 self._dirty = True
                 if self._life.stopping:
                     break  # stop() snapshots nothing while dirty; the next owner resumes from the last snapshot
@@ -301,33 +258,6 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         """Hand changed learners to the publisher (it pickles them here, between batches, and sends later)."""
         if self.publisher is not None:
             self.publisher.capture(self.states.values(), after_snapshot=after_snapshot, partitions=self._partitions())
-
-    async def _rewind(self) -> None:
-        """Drop in-memory progress and resume every owned partition from its stored snapshot.
-
-        Raises what fails, with the state still dirty: the loop retries it. A snapshot that cannot
-        be restored any more stops the worker, as at assignment.
-        """
-        async with self._lock:
-            for tp in [*self.states, *sorted(self._unrestored)]:
-                try:
-                    await self._resume(tp)
-                except _OUTAGE:
-                    raise
-                except Exception as exc:
-                    await self._fail(tp, exc)
-                    raise
-            for tp in list(self._prediction_positions):
-                committed = await self.consumer.committed(tp)
-                if committed is not None:
-                    self.consumer.seek(tp, committed)
-                else:
-                    await self._seek_reset(tp)
-            self._prediction_positions.clear()
-            self._pending_samples = []
-            self._since_snapshot = 0
-            self._dirty = False
-            log.info("rewound %d partition(s) to their snapshots", len(self.states))
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         outputs: list[Envelope] = []
@@ -395,82 +325,6 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             assert self._producer is not None
             await send_and_wait(self._producer, events, self.topics)
 
-    def _partitions(self) -> int | None:
-        """The feedback topic's partition count, which decides each learner's owner partition."""
-        parts = self.consumer.partitions_for_topic(self.topics.feedback)
-        return len(parts) if parts else None
-
-    async def _maybe_commit(self, *, idle: bool = False) -> None:
-        """Snapshot every ``snapshot_every_events`` or ``snapshot_every_s``, and when the input runs dry.
-
-        The idle case (an empty poll, the last snapshot at least ``snapshot_idle_s`` old) makes a
-        burst durable, and visible to status readers, soon after its last record instead of up to
-        ``snapshot_every_s`` later. Under steady load a poll is rarely empty.
-        """
-        pending = self._since_snapshot or self._prediction_positions
-        age = time.monotonic() - self._last_snapshot
-        due_events = self._since_snapshot >= self.config.snapshot_every_events
-        due_time = age >= self.config.snapshot_every_s or (idle and age >= self.config.snapshot_idle_s)
-        if due_events or (pending and due_time):
-            await self._commit_all()
-
-    async def _commit_all(self) -> None:
-        await self._flush_samples()
-        for tp in list(self.states):
-            await self._commit_partition(tp)
-        await self._commit_predictions()
-        self._since_snapshot = 0
-        self._last_snapshot = time.monotonic()
-
-    async def _flush_samples(self) -> None:
-        # Before any snapshot covers them: a crash in between replays them, and the sink dedups.
-        if self.samples is not None and self._pending_samples:
-            await self.samples.add_samples(self._pending_samples)
-        self._pending_samples = []
-
-    async def _commit_partition(self, tp: TopicPartition) -> None:
-        state = self.states[tp]
-        if state.offset < 0 and not state.slots:
-            return
-        ids, state.uncommitted_ids = state.uncommitted_ids, []
-        try:
-            n_seen = sum(s.learner.n_seen for s in state.slots.values())
-            statuses = state.statuses(self._partitions())
-            blob = dump_snapshot(
-                state,
-                key=self.snapshot_key,
-                n_seen=n_seen,
-                offsets={f"{tp.topic}:{tp.partition}": state.next_offset},
-                # The learners' names, readable without the key: a snapshot that fails to load is named by them.
-                extra={"counters": dict(state.counters), "learners": sorted(state.slots)},
-            )
-            await self.store.commit(
-                tp.topic,
-                tp.partition,
-                snapshot=blob,
-                offset=state.next_offset,
-                event_ids=ids,
-                statuses=statuses,
-            )
-        except BaseException:
-            state.uncommitted_ids = ids + state.uncommitted_ids
-            raise
-        self.stats.snapshots += 1
-        self.metrics.snapshot_written(tp.topic, tp.partition, statuses)
-        await self._kafka_commit({tp: state.next_offset})
-
-    async def _commit_predictions(self) -> None:
-        if self._prediction_positions:
-            await self._kafka_commit(dict(self._prediction_positions))
-            self._prediction_positions.clear()
-
-    async def _kafka_commit(self, offsets: dict[TopicPartition, int]) -> None:
-        # For lag tools and prediction replay; the snapshot already made the state durable.
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            log.info("kafka offset commit skipped (%s); the snapshot holds the position", exc)
-
     async def _maybe_publish_progress(self) -> None:
         now = time.monotonic()
         if now - self._last_progress < 0.5:
@@ -483,34 +337,4 @@ class FeedbackConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 position=state.next_offset, highwater=hw, counters=state.counters,
             )
 
-    # -- failures ------------------------------------------------------------------------
 
-    async def _fail(self, tp: TopicPartition, exc: Exception) -> None:
-        """``tp`` cannot be restored: run() raises ``exc``; the reason goes where lag views read progress."""
-        if not isinstance(exc, SnapshotError):
-            log.error("cannot restore %s partition %d: %r", tp.topic, tp.partition, exc)
-        if self._failure is None:
-            self._failure = exc
-        reason = (
-            "snapshot_signature" if isinstance(exc, SnapshotSignatureError)
-            else "snapshot_unreadable" if isinstance(exc, SnapshotError) else "restore_failed"
-        )
-        try:
-            committed = await self.consumer.committed(tp)
-            await self.store.publish_failure(
-                self.config.group_id, tp.topic, tp.partition,
-                position=committed or 0, reason=reason, message=str(exc),
-            )
-        except _OUTAGE as publish_exc:
-            log.warning("could not record why %s:%d stopped (%s)", tp.topic, tp.partition, publish_exc)
-
-
-def _learners_named(blob: bytes) -> str:
-    """' (learner a, b)' from a snapshot's header, unverified and for messages only; '' when unreadable."""
-    try:
-        names = read_snapshot_meta(blob).extra.get("learners")
-    except SnapshotError:
-        return ""
-    if not isinstance(names, list) or not names:
-        return ""
-    return f" (learner{'s' if len(names) > 1 else ''} {', '.join(str(n) for n in names)})"

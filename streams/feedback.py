@@ -20,13 +20,15 @@ from learners.config import LearnersConfig, LearnerSpec
 from learners.labels import Target, resolve_target
 from learners.models import with_text
 from learners.online import OnlineLearner
-from schemas import DeadLetter, DriftEvent, Envelope, FeedbackEvent, PredictionEvent, parse_event, rfc3339
+from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, parse_event, rfc3339
 from schemas.errors import InvalidEvent
 from streams.derived import RawRecord, dead_letter, drift_events
-from streams.partitioning import Forward, forward, owner_partition
+from streams.feedback_results import BatchResult, ConsumerStats, LearnedSample
+from streams.partitioning import forward, owner_partition
 from streams.ports import JoinStore, PartitionStateStore, RecordLike
 
 # RawRecord stays importable from here: snapshots pickled with waiting feedback name it by this module.
+# The result types moved to streams.feedback_results and stay importable from here too.
 __all__ = ["BatchResult", "ConsumerStats", "FeedbackProcessor", "LearnedSample", "PartitionState", "RawRecord"]
 
 log = logging.getLogger(__name__)
@@ -83,62 +85,6 @@ class PartitionState:
             st["owner_partition"] = owner_partition(name, partitions) if partitions else None
             out[name] = st
         return out
-
-
-@dataclass(frozen=True)
-class LearnedSample:
-    """A feedback event as learned: its input (after the join) and the label it was mapped to."""
-
-    event_id: str
-    learner: str
-    subject_id: str | None
-    text: str | None
-    features: dict[str, Any] | None
-    label: Any
-    weight: float
-    channel: str
-    source: str
-    occurred_at: datetime
-
-
-@dataclass
-class BatchResult:
-    """What one batch produced: events to send and counts to export."""
-
-    outputs: list[Envelope] = field(default_factory=list)
-    forwards: list[Forward] = field(default_factory=list)  # records whose learner another partition owns
-    learned: int = 0
-    duplicates: int = 0
-    deadlettered: Counter[str] = field(default_factory=Counter)
-    drifts: int = 0
-    samples: list[LearnedSample] = field(default_factory=list)
-
-    def add_deadletter(self, dl: DeadLetter) -> None:
-        self.outputs.append(dl)
-        self.deadlettered[dl.reason] += 1
-
-
-@dataclass
-class ConsumerStats:
-    """Running totals for metrics and the live view (not crash-consistent; the snapshots are)."""
-
-    batches: int = 0
-    records: int = 0
-    learned: int = 0
-    duplicates: int = 0
-    drifts: int = 0
-    snapshots: int = 0
-    stored: int = 0
-    deadlettered: dict[str, int] = field(default_factory=dict)
-    last_batch_s: float = 0.0
-
-    def add(self, r: BatchResult) -> None:
-        self.learned += r.learned
-        self.stored += len(r.samples)
-        self.duplicates += r.duplicates
-        self.drifts += r.drifts
-        for k, v in r.deadlettered.items():
-            self.deadlettered[k] = self.deadlettered.get(k, 0) + v
 
 
 class FeedbackProcessor:
