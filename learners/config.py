@@ -18,6 +18,9 @@ A learners file is TOML::
     [learners.sea.drift]
     delta = 0.002
 
+    [learners.sea.input_drift]          # optional: watch the inputs themselves
+    max_features = 20
+
     [learners.sea.labels.signals.click]
     label = true
     weight = 0.4
@@ -43,6 +46,7 @@ from pydantic import (
 )
 
 from learners.models import accepted_params, build_estimator, estimator_class, models_for
+from learners.monitors.specs import InputDriftSpec, PerformanceEstimateSpec, PredictionDriftSpec
 from schemas.errors import ConfigError, UnknownLearner
 
 __all__ = [
@@ -155,6 +159,10 @@ class LearnerSpec(_Frozen):
     labels: LabelSpec = LabelSpec()
     rolling_window: int = Field(default=1000, ge=1)
     seed: int = 42
+    # Monitors that see drift before labels arrive; each runs only when its section is present.
+    input_drift: InputDriftSpec | None = None
+    prediction_drift: PredictionDriftSpec | None = None
+    performance_estimate: PerformanceEstimateSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
