@@ -14,7 +14,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from schemas import ModelUpdate
+from schemas import ModelUpdate, PredictionEvent, parse_event
 from streams.producer import EventProducer
 from tests.conftest import worker_env
 from tests.integration.util import start_worker, stop_worker, wait_for
@@ -22,6 +22,7 @@ from workers.api.app import create_app
 from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key, new_key
 from workers.api.server import BackgroundServer
+from workers.feedback.redis_store import RedisStore
 from workers.serving.model_store import RedisModelStore
 from workers.settings import Settings
 from workers.store.engine import engine_for
@@ -126,7 +127,7 @@ async def test_feedback_makes_the_gateway_serve_a_newer_version_that_predicts_ac
 
 
 async def test_feedback_by_prediction_id_is_learned_from_the_features_served(
-    http: httpx.AsyncClient, settings: Settings
+    http: httpx.AsyncClient, settings: Settings, store: RedisStore
 ) -> None:
     await send(http, feedback(200))
     await wait_served(http, 9.0, lambda a: True, "a first version")
@@ -134,7 +135,17 @@ async def test_feedback_by_prediction_id_is_learned_from_the_features_served(
                           headers=APP_KEY)
     assert res.status_code == 200, res.text
     [answer] = res.json()["predictions"]
-    assert answer["logged"] is True
+    assert answer["logged"] is True and answer["subject_id"] == "u-1"
+
+    async def logged() -> bool:
+        return (await store.get_predictions([answer["prediction_id"]]))[0] is not None
+
+    await wait_for(logged, timeout=60, what="the prediction logged and stored for the join")
+    [blob] = await store.get_predictions([answer["prediction_id"]])
+    event = parse_event(blob or b"", PredictionEvent)
+    assert isinstance(event, PredictionEvent)
+    assert (event.features, event.subject_id, event.model_version) == (
+        {"x": 7.0, "tag": "served"}, "u-1", answer["model_version"])
     # The app's second call: the prediction's id and what the user did, nothing else.
     label = await http.post("/v1/feedback", headers=INGEST_KEY,
                             json={"learner": "sea", "prediction_id": answer["prediction_id"], "label": True})

@@ -76,9 +76,9 @@ def test_a_classifier_answers_label_probabilities_version_and_logs_what_it_serve
     assert body["subject_id"] == "u-7" and body["value"] is None
     assert [p["label"] for p in body["probabilities"]] == [True, False]  # most likely first
     assert sum(p["probability"] for p in body["probabilities"]) == pytest.approx(1.0)
-    [(prediction, features, text)] = gw.models.logged
-    assert (prediction.prediction_id, prediction.model_version, features, text) == (
-        body["prediction_id"], "412", {"x": 9.0}, None)
+    [(prediction, features, text, subject)] = gw.models.logged
+    assert (prediction.prediction_id, prediction.model_version, features, text, subject) == (
+        body["prediction_id"], "412", {"x": 9.0}, None, "u-7")
     assert gw.publisher.records == []  # the predictor logs, off the request path; the ingest producer is not used
 
 
@@ -96,7 +96,7 @@ def test_a_batch_is_answered_in_order_from_one_version(gw: Harness) -> None:
     assert [a["label"] for a in answers[:2]] == [False, True]
     assert {a["model_version"] for a in answers} == {"412"}
     assert len({a["prediction_id"] for a in answers}) == 3
-    assert [p.prediction_id for p, _, _ in gw.models.logged] == [a["prediction_id"] for a in answers]
+    assert [p.prediction_id for p, _, _, _ in gw.models.logged] == [a["prediction_id"] for a in answers]
     assert gw.models.logged[2][2] == "hello"
 
 

@@ -82,13 +82,13 @@ class MemoryServed:
 class MemoryModels:
     """Served versions set by hand: ``declared`` learners, ``serving[name]`` what each one serves.
 
-    ``logged`` collects ``(prediction, features, text)`` for every prediction asked to be logged.
+    ``logged`` collects ``(prediction, features, text, subject_id)`` for every prediction asked to be logged.
     """
 
     def __init__(self, declared: Sequence[str], serving: dict[str, MemoryServed] | None = None) -> None:
         self.declared = list(declared)
         self.serving = dict(serving or {})
-        self.logged: list[tuple[MemoryPrediction, Mapping[str, Any] | None, str | None]] = []
+        self.logged: list[tuple[MemoryPrediction, Mapping[str, Any] | None, str | None, str | None]] = []
         self._ids = itertools.count(1)
 
     def check(self, learner: str) -> None:
@@ -98,12 +98,17 @@ class MemoryModels:
             raise NoServedVersion(f"learner {learner!r} has no model yet")
 
     def predict(
-        self, learner: str, inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]], *, log: bool
+        self,
+        learner: str,
+        inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]],
+        *,
+        subject_ids: Sequence[str | None],
+        log: bool,
     ) -> list[MemoryPrediction]:
         self.check(learner)
         served = self.serving[learner]
         out = []
-        for features, text in inputs:
+        for (features, text), subject_id in zip(inputs, subject_ids, strict=True):
             x = {**(features or {}), **({"__text__": text} if text is not None else {})}
             pid = f"p-{next(self._ids)}"
             if served.classifier:
@@ -113,7 +118,7 @@ class MemoryModels:
             else:
                 p = MemoryPrediction(learner, pid, served.version, value=float(served.model.predict_one(x)))
             if log:
-                self.logged.append((p, features, text))
+                self.logged.append((p, features, text, subject_id))
             out.append(p)
         return out
 

@@ -77,9 +77,15 @@ class ServingModels(Protocol):
         """Raise ``LearnerUnknown`` or ``NoServedVersion`` unless ``learner`` is served."""
 
     def predict(
-        self, learner: str, inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]], *, log: bool
+        self,
+        learner: str,
+        inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]],
+        *,
+        subject_ids: Sequence[str | None],
+        log: bool,
     ) -> Sequence[ServedPrediction]:
-        """One prediction per ``(features, text)``, all from one version; logged unless ``log`` is false."""
+        """One prediction per ``(features, text)``, all from one version; logged (with its subject) unless ``log``
+        is false."""
 
     def versions(self) -> dict[str, dict[str, Any]]:
         """Per known learner, what is served (``version`` null while nothing is), for the status page."""

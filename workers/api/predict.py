@@ -19,8 +19,8 @@ the ``value``. Unless ``log=false`` (query parameter), the predictor logs one
 version) to ``learnloop.predictions``, so that feedback carrying only the
 ``prediction_id`` joins to exactly what was served. Logging happens off the request
 path: a log the broker refuses is counted in ``learnloop_prediction_logs_dropped_total``
-and logged by the gateway. ``subject_id`` is echoed, not logged (``PredictionEvent``
-has no such field).
+and logged by the gateway. ``subject_id`` (the user, session, ...) is echoed and
+logged with the prediction; it does not change it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class PredictInput(BaseModel):
 
     features: Features | None = None
     text: Text | None = None
-    subject_id: Ident | None = Field(default=None, description="who the prediction is for (echoed in the answer)")
+    subject_id: Ident | None = Field(default=None, description="who the prediction is for (echoed and logged)")
 
     @model_validator(mode="after")
     def _needs_input(self) -> Self:
@@ -158,7 +158,8 @@ def _endpoint() -> Any:
                 gateway.metrics.rejected.labels(reason).inc(n)
             return rejection.response()
         with _http_errors():
-            served = models.predict(learner, [(i.features, i.text) for i in inputs], log=log_)
+            served = models.predict(learner, [(i.features, i.text) for i in inputs],
+                                    subject_ids=[i.subject_id for i in inputs], log=log_)
         answers = [answer(p, i, log_) for p, i in zip(served, inputs, strict=True)]
         gateway.metrics.predictions.labels(learner).inc(len(answers))
         if batch:

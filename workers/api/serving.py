@@ -52,10 +52,15 @@ class PredictorModels:
             ) from None
 
     def predict(
-        self, learner: str, inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]], *, log: bool
+        self,
+        learner: str,
+        inputs: Sequence[tuple[Mapping[str, Any] | None, str | None]],
+        *,
+        subject_ids: Sequence[str | None],
+        log: bool,
     ) -> list[Prediction]:
         try:
-            return self.predictor.predict_many(learner, inputs, log=log)
+            return self.predictor.predict_many(learner, inputs, subject_ids=subject_ids, log=log)
         except ModelNotReady:  # check() passed, and versions are never withdrawn; say so if one was
             self.check(learner)
             raise
