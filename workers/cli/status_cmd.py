@@ -1,8 +1,11 @@
-"""`learnloop learners`: what the feedback workers have learned; `learnloop partition`: where a learner lives."""
+"""`learnloop learners`: what the feedback workers have learned; `learnloop partition`: where a learner lives;
+`learnloop status`: the whole stack at a glance."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 from typing import Any
 
@@ -116,3 +119,33 @@ async def _partition_count(kafka: KafkaConfig, topic: str) -> int | None:
     finally:
         await admin.close()
     return len(found["partitions"]) if found.get("error_code", 0) == 0 and found["partitions"] else None
+
+
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """The whole stack on one screen: broker, Redis, SQL store, graph, device, models, workers.
+
+    Exits 1 when a required part (broker, Redis, the SQL store at its migration head) is missing;
+    every problem comes with a one-line fix.
+    """
+    from workers.cli.system_status import collect
+
+    # The broker check reports an unreachable broker itself; aiokafka's own warning would repeat it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    checks = asyncio.run(collect(settings()))
+    failed = any(c.state == "fail" for c in checks)
+    if as_json:
+        typer.echo(json.dumps({"ok": not failed, "checks": [c.as_json() for c in checks]}, indent=2, default=str))
+    else:
+        marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+        table = Table("check", "state", "", show_edge=False)
+        for c in checks:
+            table.add_row(c.name + (" *" if c.required else ""), marks[c.state], c.summary)
+        console = Console()
+        console.print(table)
+        for c in checks:
+            if c.fix and c.state != "ok":
+                console.print(f"{c.name}: {c.fix}", markup=False, highlight=False)
+        console.print("* required" + ("; a required part is missing" if failed else ""), markup=False,
+                      highlight=False)
+    if failed:
+        raise typer.Exit(1)
