@@ -22,6 +22,7 @@ from schemas.errors import InvalidEvent
 from schemas.events import (
     ConversationEvent,
     DriftEvent,
+    DriftEventV2,
     FeedbackEvent,
     KnowledgeUpdate,
     ModelUpdate,
@@ -39,6 +40,7 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
         PredictionEvent,
         ConversationEvent,
         DriftEvent,
+        DriftEventV2,
         RetrainRequest,
         ModelUpdate,
         KnowledgeUpdate,
@@ -48,24 +50,26 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
 }
 """Every event model, keyed by its schema id ("feedback/1", ...)."""
 
-TOPIC_EVENTS: dict[str, type[Envelope]] = {
-    "feedback": FeedbackEvent,
-    "predictions": PredictionEvent,
-    "conversations": ConversationEvent,
-    "drift": DriftEvent,
-    "retrain": RetrainRequest,
-    "model-updates": ModelUpdate,
-    "knowledge": KnowledgeUpdate,
-    "deadletter": DeadLetter,
-    "rollouts": RolloutEvent,
+TOPIC_EVENTS: dict[str, tuple[type[Envelope], ...]] = {
+    "feedback": (FeedbackEvent,),
+    "predictions": (PredictionEvent,),
+    "conversations": (ConversationEvent,),
+    "drift": (DriftEvent, DriftEventV2),
+    "retrain": (RetrainRequest,),
+    "model-updates": (ModelUpdate,),
+    "knowledge": (KnowledgeUpdate,),
+    "deadletter": (DeadLetter,),
+    "rollouts": (RolloutEvent,),
 }
-"""The event model each topic carries, keyed by the topic name without its prefix."""
+"""The event models each topic carries (every major version still written), keyed by the topic name
+without its prefix; pass one as ``parse_event``'s ``expected``."""
 
 AnyEvent = Annotated[
     FeedbackEvent
     | PredictionEvent
     | ConversationEvent
     | DriftEvent
+    | DriftEventV2
     | RetrainRequest
     | ModelUpdate
     | KnowledgeUpdate

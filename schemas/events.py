@@ -222,6 +222,55 @@ class DriftEvent(Envelope):
     delta: Finite | None = None
 
 
+class DriftEventV2(Envelope):
+    """A drift detector fired on a learner's error, inputs, served predictions or estimated performance.
+
+    ``kind`` says what moved; ``feature`` names the input (``input`` drift) or the served quantity
+    (``prediction`` drift: ``prediction`` or ``score``); ``model_version`` the version whose
+    predictions moved. ``before`` and ``after`` are the detector's statistics for the reference and
+    the window that moved (``n``, ``mean``, a category's ``share:<name>``, ``accuracy``...);
+    ``statistic`` is the value that crossed ``threshold``. Readers of drift/1 keep reading drift/1:
+    the error drift of ADWIN is still published as drift/1.
+
+    >>> from datetime import datetime, timezone
+    >>> from schemas import DriftEventV2, parse_event
+    >>> ev = DriftEventV2(source="feedback-agent", learner="ctr", kind="input", detector="psi", feature="age",
+    ...                   n_seen=12000, statistic=0.41, threshold=0.25, before={"n": 500, "mean": 40.2},
+    ...                   after={"n": 500, "mean": 51.0}, detected_at=datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc))
+    >>> parse_event(ev.to_json()) == ev
+    True
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"required": ["kind"], "properties": {"kind": {"const": "input"}}},
+            "then": {"required": ["feature"], "properties": {"feature": {"not": {"type": "null"}}}},
+        }
+    )
+
+    SCHEMA_ID: ClassVar[str] = "drift/2"
+    schema_: Literal["drift/2"] = filled_in_python(alias="schema")
+    learner: Name
+    kind: Literal["error", "input", "prediction", "estimated_performance"]
+    detector: Ident
+    feature: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)] | None = None
+    model_version: Ident | None = None
+    metric: Ident | None = None
+    n_seen: Count
+    statistic: Finite | None = None
+    threshold: Finite | None = None
+    before: Metrics
+    after: Metrics
+    detected_at: Timestamp
+    delta: Finite | None = None
+
+    @model_validator(mode="after")
+    def _input_names_its_feature(self) -> Self:
+        if self.kind == "input" and self.feature is None:
+            raise _rule("drift_feature", "an input drift names the feature that moved")
+        return self
+
+
 class DataWindow(WireModel):
     """Which data a training run uses: a time range, the last ``n`` samples, or both (empty: all)."""
 

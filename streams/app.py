@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import faust
 from mode import Service
 
-from schemas import DeadLetter, DriftEvent, parse_event
+from schemas import TOPIC_EVENTS, DeadLetter, DriftEvent, DriftEventV2, parse_event
 from schemas.errors import InvalidEvent, LearnloopError
 from streams.config import KafkaConfig
 from streams.metrics import LoopMetrics
@@ -118,7 +118,7 @@ class LoopService(Service):
 def add_drift_agent(
     app: faust.App,
     kafka: KafkaConfig,
-    on_drift: Callable[[DriftEvent], Awaitable[None]],
+    on_drift: Callable[[DriftEvent | DriftEventV2], Awaitable[None]],
     metrics: LoopMetrics | None = None,
 ) -> None:
     """Follow ``learnloop.drift``: each alarm is logged and handed to ``on_drift`` (e.g. the history)."""
@@ -131,7 +131,7 @@ def add_drift_agent(
             msg = event.message
             m.events_in.labels(msg.topic).inc()
             try:
-                ev = parse_event(event.value, DriftEvent)
+                ev = parse_event(event.value, TOPIC_EVENTS["drift"])
             except InvalidEvent as exc:
                 dl = DeadLetter.from_record(
                     topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key,
@@ -140,5 +140,5 @@ def add_drift_agent(
                 await topics["deadletter"].send(key=msg.key, value=dl.to_json(), headers=dl.headers())
                 m.deadlettered.labels(msg.topic, dl.reason).inc()
                 continue
-            assert isinstance(ev, DriftEvent)
+            assert isinstance(ev, (DriftEvent, DriftEventV2))
             await on_drift(ev)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from learners.monitors import DriftSignal
 from learners.online import OnlineLearner
-from schemas import DataWindow, DeadLetter, DriftEvent, Envelope, RetrainRequest, WindowStats
+from schemas import DataWindow, DeadLetter, DriftEvent, DriftEventV2, Envelope, RetrainRequest, WindowStats
 from streams.ports import RecordLike
 
 log = logging.getLogger(__name__)
@@ -95,3 +96,43 @@ def drift_events(learner: OnlineLearner, d: Any, *, source: str) -> list[Envelop
         window=DataWindow(),  # the trainer takes the newest samples when the job starts
     )
     return [drift, retrain]
+
+
+def monitor_drift_event(learner: str, signal: DriftSignal, *, source: str) -> DriftEventV2:
+    """The drift/2 event of a drift an input, prediction or estimate monitor accepted.
+
+    It asks for no retrain: whether one follows is the learner's retrain policy's decision.
+
+    >>> s = DriftSignal(detector="psi", kind="input", feature="age", n_seen=2000, statistic=0.4, threshold=0.25,
+    ...                 before={"n": 500.0, "mean": 40.0}, after={"n": 500.0, "mean": 55.0})
+    >>> ev = monitor_drift_event("ctr", s, source="feedback-agent")
+    >>> ev.SCHEMA_ID, ev.kind, ev.feature, ev.event_id == monitor_drift_event("ctr", s, source="x").event_id
+    ('drift/2', 'input', 'age', True)
+    """
+    log.warning(
+        "%s drift in learner %s at event %d (%s%s): %s %.3f > %.3f",
+        signal.kind,
+        learner,
+        signal.n_seen,
+        signal.detector,
+        f", {signal.feature}" if signal.feature else "",
+        signal.detector,
+        signal.statistic,
+        signal.threshold,
+    )
+    return DriftEventV2(
+        event_id=derived_id("drift/2", learner, signal.kind, signal.detector, signal.feature,
+                            signal.model_version, signal.n_seen),
+        source=source,
+        learner=learner,
+        kind=signal.kind,
+        detector=signal.detector,
+        feature=signal.feature,
+        model_version=signal.model_version,
+        n_seen=signal.n_seen,
+        statistic=signal.statistic,
+        threshold=signal.threshold,
+        before=signal.before,
+        after=signal.after,
+        detected_at=datetime.now(UTC),
+    )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from schemas import DriftEvent
+from schemas import DriftEvent, DriftEventV2
 from schemas.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class FeedbackMetrics(_BatchLoopMetrics):
             self.forwarded.labels(topic).inc(len(result.forwards))
         if result.drifts:
             for event in result.outputs:
-                if isinstance(event, DriftEvent):
+                if isinstance(event, (DriftEvent, DriftEventV2)):
                     self.drift_alarms.labels(event.learner).inc()
 
     # -- snapshots -------------------------------------------------------------------

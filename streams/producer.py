@@ -18,6 +18,7 @@ from schemas import (
     ConversationEvent,
     DeadLetter,
     DriftEvent,
+    DriftEventV2,
     Envelope,
     FeedbackEvent,
     KnowledgeUpdate,
@@ -48,7 +49,7 @@ def route(event: Envelope, topics: Topics) -> tuple[str, bytes | None]:
         return topics.predictions, event.prediction_id.encode()
     if isinstance(event, ConversationEvent):
         return topics.conversations, event.conversation_id.encode()
-    if isinstance(event, DriftEvent):
+    if isinstance(event, (DriftEvent, DriftEventV2)):
         return topics.drift, event.learner.encode()
     if isinstance(event, RetrainRequest):
         return topics.retrain, event.model.encode()

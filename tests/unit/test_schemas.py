@@ -27,6 +27,7 @@ from schemas import (
     DataWindow,
     DeadLetter,
     DriftEvent,
+    DriftEventV2,
     EntityRef,
     Envelope,
     ErrorInfo,
@@ -59,6 +60,19 @@ SAMPLES: list[Envelope] = [
         after=WindowStats(n=200, mean=0.3),
         detected_at=T0,
         delta=0.2,
+    ),
+    DriftEventV2(
+        source="agent",
+        learner="ctr",
+        kind="input",
+        detector="psi",
+        feature="plan",
+        n_seen=1500,
+        statistic=0.41,
+        threshold=0.25,
+        before={"n": 500, "share:free": 0.5},
+        after={"n": 500, "share:free": 0.25},
+        detected_at=T0,
     ),
     RetrainRequest(
         source="agent",
@@ -121,7 +135,7 @@ def test_every_event_round_trips_through_json_and_dict(event: Envelope) -> None:
 
 def test_registries_cover_every_event() -> None:
     assert set(EVENT_MODELS) == {type(e).SCHEMA_ID for e in SAMPLES}
-    assert set(TOPIC_EVENTS.values()) == set(EVENT_MODELS.values())
+    assert {model for models in TOPIC_EVENTS.values() for model in models} == set(EVENT_MODELS.values())
     assert FeedbackEvent.SCHEMA_ID == "feedback/1"
 
 
@@ -381,8 +395,10 @@ def test_dead_letter_reason_defaults_and_truncation() -> None:
 def test_export_writes_a_valid_json_schema_per_event(tmp_path: Path) -> None:
     paths = export_json_schemas(tmp_path / "out")
     assert [p.name for p in paths] == sorted(
-        f"{name}.v1.schema.json"
-        for name in (
+        ["drift.v2.schema.json"]
+        + [
+            f"{name}.v1.schema.json"
+            for name in (
             "feedback",
             "prediction",
             "conversation",
@@ -392,7 +408,8 @@ def test_export_writes_a_valid_json_schema_per_event(tmp_path: Path) -> None:
             "knowledge",
             "deadletter",
             "rollout",
-        )
+            )
+        ]
     )
     for path in paths:
         doc = json.loads(path.read_text())
@@ -471,3 +488,13 @@ def test_bad_input_only_ever_raises_invalid_event(data: Any) -> None:
     except InvalidEvent as error:
         assert error.reason in {"invalid_json", "unknown_schema", "validation"}
         assert "\n" not in str(error)
+
+
+def test_drift_topic_readers_take_both_majors_and_an_input_drift_names_its_feature() -> None:
+    old, new = SAMPLES[3], SAMPLES[4]
+    assert parse_event(old.to_json(), TOPIC_EVENTS["drift"]) == old
+    assert parse_event(new.to_json(), TOPIC_EVENTS["drift"]) == new
+    reason, message = reason_and_message({**new.to_dict(), "feature": None})
+    assert reason == "validation" and "names the feature" in message
+    # A drift/1 reader is not handed fields it does not know: the new fields live in drift/2 only.
+    assert reason_and_message({**old.to_dict(), "kind": "error"})[0] == "validation"

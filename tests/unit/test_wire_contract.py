@@ -101,6 +101,10 @@ HAND_WRITTEN: list[tuple[str, object, bool]] = [
     ("a rating as text", {**without(FEEDBACK, "label"), "rating": "4.5"}, False),
     ("a boolean turn", {**SAMPLES[2].to_dict(), "turn": True}, False),
     ("not an object", [FEEDBACK], False),
+    ("input drift without its feature", {**SAMPLES[4].to_dict(), "feature": None}, False),
+    ("input drift, feature left out", without(SAMPLES[4].to_dict(), "feature"), False),
+    ("prediction drift without a feature", {**without(SAMPLES[4].to_dict(), "feature"), "kind": "prediction"}, True),
+    ("drift/1 with a drift/2 field", {**SAMPLES[3].to_dict(), "kind": "error"}, False),
 ]
 
 

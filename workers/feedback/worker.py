@@ -9,7 +9,7 @@ from typing import Any
 import faust
 
 from learners.config import LearnersConfig
-from schemas import DriftEvent
+from schemas import DriftEvent, DriftEventV2
 from streams.admin import ensure_topics
 from streams.app import EXIT_LOOP_FAILED, LoopService, add_drift_agent, create_app
 from streams.consumer import FeedbackConsumer
@@ -87,7 +87,7 @@ def run_feedback_worker(settings: Settings, *, learners: LearnersConfig | None =
     worker = FeedbackWorker.build(settings, learners)
     app = create_app(settings.kafka, app_id="learnloop-feedback-worker", data_dir=settings.data_dir / "faust")
 
-    async def remember(ev: DriftEvent) -> None:
+    async def remember(ev: DriftEvent | DriftEventV2) -> None:
         await worker.store.record_drift(str(ev.event_id), ev.detected_at.timestamp(), ev.to_json())
 
     add_drift_agent(app, settings.kafka, remember)

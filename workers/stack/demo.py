@@ -219,7 +219,7 @@ class DemoView:
         for ev in self.drifts[:6]:
             d.add_row(
                 ev["detected_at"][11:19], ev["learner"], f"{ev['n_seen']:,}",
-                f"{ev['before']['mean']:.3f}", f"{ev['after']['mean']:.3f}",
+                _drift_stat(ev["before"]), _drift_stat(ev["after"]),
             )
         lag = Table("topic", "partition", "position", "log end", "lag")
         for p in self.progress:
@@ -369,3 +369,9 @@ class _NoLive:
 
     def update(self, _: object) -> None:
         return None
+
+
+def _drift_stat(stats: dict[str, Any]) -> str:
+    """The window's mean (drift/1: the error; drift/2: the feature's mean), or "-" where it has none."""
+    mean = stats.get("mean")
+    return f"{mean:.3f}" if isinstance(mean, int | float) else "-"
