@@ -47,6 +47,7 @@ from pydantic import (
 
 from learners.models import accepted_params, build_estimator, estimator_class, models_for
 from learners.monitors.specs import InputDriftSpec, PerformanceEstimateSpec, PredictionDriftSpec
+from learners.rollout.policy import RolloutPolicy
 from schemas.errors import ConfigError, UnknownLearner
 
 __all__ = [
@@ -216,6 +217,8 @@ class LearnersConfig(_Frozen):
 
     learners: dict[str, LearnerSpec] = Field(default_factory=dict)
     strict: bool = False
+    #: ``[rollouts.MODEL]``: how a challenger of MODEL is rolled out (over the settings' defaults).
+    rollouts: dict[str, RolloutPolicy] = Field(default_factory=dict)
 
     @field_validator("learners")
     @classmethod
@@ -224,6 +227,22 @@ class LearnersConfig(_Frozen):
             if not name or name != name.strip() or any(ch.isspace() for ch in name):
                 raise ValueError(f"learner name {name!r} must be non-empty and contain no whitespace")
         return learners
+
+    def rollout_policy(self, model: str, default: RolloutPolicy) -> RolloutPolicy | None:
+        """``model``'s policy: its section over ``default``; ``None`` when the file has no section for it.
+
+        >>> c = LearnersConfig.from_mapping({"rollouts": {"m": {"min_labels": 5, "guardrails": {"min_requests": 3}}}})
+        >>> p = c.rollout_policy("m", RolloutPolicy(steps=[10, 100]))
+        >>> p.steps, p.min_labels, p.guardrails.min_requests, p.guardrails.max_p95_latency_ratio
+        ([10.0, 100.0], 5, 3, 1.5)
+        """
+        own = self.rollouts.get(model)
+        if own is None:
+            return None
+        merged = default.model_dump()
+        for key, value in own.model_dump(exclude_unset=True).items():
+            merged[key] = {**merged[key], **value} if key == "guardrails" else value
+        return RolloutPolicy.model_validate(merged)
 
     @property
     def declared(self) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from schemas import (
     ModelUpdate,
     PredictionEvent,
     RetrainRequest,
+    RolloutEvent,
     fill_envelope,
     parse_event,
 )
@@ -57,6 +58,8 @@ def route(event: Envelope, topics: Topics) -> tuple[str, bytes | None]:
         return topics.model_updates, event.model.encode()
     if isinstance(event, KnowledgeUpdate):
         return topics.knowledge, event.conversation_id.encode()
+    if isinstance(event, RolloutEvent):
+        return topics.rollouts, event.model.encode()
     if isinstance(event, DeadLetter):
         return topics.deadletter, event.key.encode() if event.key is not None else None
     raise TypeError(f"no topic for {type(event).__name__}")

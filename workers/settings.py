@@ -24,12 +24,13 @@ from schemas.errors import ConfigError
 from streams.config import FeedbackConfig, KafkaConfig, ServingConfig
 from workers.api.config import ApiConfig
 from workers.lag.config import LagConfig
+from workers.rollouts.config import RolloutConfig
 from workers.store.config import DatabaseConfig, redact_url
 from workers.trainer.config import MlflowConfig, TrainerConfig
 
 DEV_SNAPSHOT_KEY = "learnloop-dev-only-snapshot-key"
 DEV_ENV_FILE = ".learnloop/dev.env"
-METRICS_PORTS = {"feedback": 9101, "conversations": 9102, "trainer": 9103}  # each worker's default
+METRICS_PORTS = {"feedback": 9101, "conversations": 9102, "trainer": 9103, "rollouts": 9104}  # each worker's default
 
 
 class RedisConfig(BaseModel):
@@ -113,7 +114,7 @@ class MetricsConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65_535, description="default: the worker's own; 0: off")
 
-    def port_for(self, worker: Literal["feedback", "conversations", "trainer"]) -> int | None:
+    def port_for(self, worker: Literal["feedback", "conversations", "trainer", "rollouts"]) -> int | None:
         """The port ``worker`` serves its metrics on; ``None`` when it serves none."""
         port = METRICS_PORTS[worker] if self.port is None else self.port
         return port or None
@@ -146,6 +147,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
     lag: LagConfig = LagConfig()
+    rollout: RolloutConfig = RolloutConfig()
     learners_file: Path = Path("learners.toml")
     data_dir: Path = Path(".learnloop")
     source: str = Field(default="learnloop", min_length=1, max_length=128)

@@ -14,7 +14,17 @@ from typing import Any
 import typer
 
 from schemas.errors import LearnloopError
-from workers.cli import graph_cmd, lag_cmd, produce_cmd, schemas_cmd, stack_cmd, status_cmd, training_cmd, worker_cmd
+from workers.cli import (
+    graph_cmd,
+    lag_cmd,
+    produce_cmd,
+    rollout_cmd,
+    schemas_cmd,
+    stack_cmd,
+    status_cmd,
+    training_cmd,
+    worker_cmd,
+)
 
 app = typer.Typer(
     name="learnloop",
@@ -38,6 +48,8 @@ app.command("retrain")(training_cmd.retrain)
 app.command("jobs")(training_cmd.jobs)
 app.command("models")(training_cmd.models)
 app.add_typer(training_cmd.db_app, name="db")
+app.add_typer(rollout_cmd.app, name="rollout")
+app.command("rollouts")(rollout_cmd.rollouts)
 
 
 TRAIN_EXTRA_MODULES = frozenset({"mlflow", "torch", "transformers", "peft", "optuna", "pandas"})

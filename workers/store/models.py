@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -168,3 +170,88 @@ class JobRequest(Base):
     request_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+ROLLOUT_STATES = ("running", "paused", "promoted", "rolled_back", "aborted", "inconclusive")
+ACTIVE_ROLLOUT_STATES = ("running", "paused")
+
+
+class Rollout(Base):
+    """One challenger rolled out against a champion, with the live statistics it is decided on.
+
+    ``stats`` is :meth:`learners.rollout.RolloutStats.to_state`, saved with the controller's
+    consumer positions (:class:`RolloutOffset`) in one transaction: a controller killed at any
+    point resumes from both and counts no prediction or label twice.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_model_state", "model", "state"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    model: Mapped[str] = mapped_column(String(NAME_LEN))
+    state: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    champion_version: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    challenger_version: Mapped[str] = mapped_column(String(NAME_LEN))
+    step: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    step_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The champion before a promotion (what a person would move the alias back to).
+    previous_champion: Mapped[str | None] = mapped_column(String(NAME_LEN))
+
+
+class RolloutStep(Base):
+    """One traffic step of a rollout: its share, when it ran, how it ended."""
+
+    __tablename__ = "rollout_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    share: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+
+
+class RolloutDecision(Base):
+    """Every decision that changed a rollout, with the numbers it was taken on (metrics, counts, interval)."""
+
+    __tablename__ = "rollout_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    statistics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RolloutCommand(Base):
+    """A person's override (``learnloop rollout promote|abort|pause|resume``), applied by the controller."""
+
+    __tablename__ = "rollout_commands"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    result: Mapped[str | None] = mapped_column(Text)
+
+
+class RolloutOffset(Base):
+    """Where the rollout controller resumes reading, saved with the rollout statistics."""
+
+    __tablename__ = "rollout_offsets"
+
+    topic: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    offset: Mapped[int] = mapped_column(BigInteger)

@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,9 @@ class TrainingPipeline:
         finetune: FineTuneConfig,
         config: TrainerConfig,
         source: str,
+        rolls_out: Callable[[str], bool] = lambda model: False,
     ) -> None:
+        self.rolls_out = rolls_out
         self.store = store
         self.registry = registry
         self.finetune = finetune
@@ -108,6 +110,11 @@ class TrainingPipeline:
             champion = self._champion_report(job.model, champion_version, parts.test, Path(tmp))
             decision = gate(candidate, champion, margin=self.config.margin, alpha=self.config.alpha,
                             labels=_labels(parts.test))
+            # Beating a champion offline earns a rollout on live traffic, not the alias itself.
+            rollout = decision.promote and champion is not None and self.rolls_out(job.model)
+            if rollout:
+                decision = replace(decision, alias="challenger",
+                                   reason=f"{decision.reason}; rolled out against v{champion_version}")
             metrics = {**candidate.metrics(), "train_samples_per_s": ft.train_samples_per_s,
                        "best_val_loss": ft.best_val_loss, "epochs_run": float(ft.epochs_run)}
             if champion is not None:
@@ -134,9 +141,10 @@ class TrainingPipeline:
             job.model, version, decision.alias, candidate.metrics(),
             parent_version=champion_version, data_window=window, n_samples=len(ds),
             code_version=code_version(), source=self.source,
-        )
+        ).model_copy(update={"rollout": rollout})
         result = {
-            "version": version, "alias": decision.alias, "promoted": decision.promote, "reason": decision.reason,
+            "version": version, "alias": decision.alias, "promoted": decision.promote and not rollout,
+            "rollout": rollout, "reason": decision.reason,
             "grade": letter, "metrics": candidate.metrics(),
             "champion_metrics": champion.metrics() if champion else None, "parent_version": champion_version,
             "dataset": dict(ds.report), "device": ft.device, "epochs_run": ft.epochs_run,

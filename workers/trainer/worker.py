@@ -35,6 +35,7 @@ def build_trainer(settings: Settings, learners: LearnersConfig | None = None) ->
     pipeline = TrainingPipeline(
         store=FeedbackStore(engine), registry=registry, finetune=settings.training,
         config=settings.trainer, source=settings.source,
+        rolls_out=lambda model: settings.rollout.enabled or model in learners.rollouts,
     )
     return Trainer(
         jobs=JobStore(engine), pipeline=pipeline, producer=EventProducer(settings.kafka),
