@@ -215,3 +215,31 @@ def test_the_example_in_the_module_docs_loads(in_tmp: Path) -> None:
     config = load_text("\n".join(line.removeprefix("    ") for line in example.splitlines()))
     assert config.resolve("sea").params == {"grace_period": 100}
     assert config.resolve("sea").labels.signals["click"].weight == 0.4
+
+
+def test_a_rollouts_section_is_a_policy_over_the_settings_defaults(in_tmp: Path) -> None:
+    from learners.rollout import RolloutPolicy
+
+    config = load_text('[rollouts.sea-text]\nmode = "ab"\nmin_labels = 50\n[rollouts.sea-text.guardrails]\n'
+                       "min_requests = 10\n")
+    default = RolloutPolicy(min_labels=500, max_step_duration_s=60, guardrails={"max_p95_latency_ratio": 3.0})
+    policy = config.rollout_policy("sea-text", default)
+    assert policy is not None
+    assert (policy.mode, policy.steps, policy.min_labels, policy.max_step_duration_s) == ("ab", [50.0], 50, 60)
+    assert (policy.guardrails.min_requests, policy.guardrails.max_p95_latency_ratio) == (10, 3.0)
+    assert config.rollout_policy("other", default) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[rollouts.m]\nsteps = [50, 25]\n", "learners.toml: rollouts.m.steps: steps must rise, got [50.0, 25.0] (got [50, 25])"),
+        ('[rollouts.m]\nmetric = "auc"\n', "learners.toml: rollouts.m.metric: Input should be 'accuracy', 'f1' or "
+                                           "'log_loss' (got 'auc')"),
+        ("[rollouts.m]\nwarmup = 1\n", "learners.toml: rollouts.m.warmup: Extra inputs are not permitted (got 1)"),
+    ],
+)
+def test_a_bad_rollouts_section_is_one_line(in_tmp: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(text)
+    assert str(caught.value) == expected
