@@ -233,7 +233,8 @@ def test_a_rollouts_section_is_a_policy_over_the_settings_defaults(in_tmp: Path)
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[rollouts.m]\nsteps = [50, 25]\n", "learners.toml: rollouts.m.steps: steps must rise, got [50.0, 25.0] (got [50, 25])"),
+        ("[rollouts.m]\nsteps = [50, 25]\n",
+         "learners.toml: rollouts.m.steps: steps must rise, got [50.0, 25.0] (got [50, 25])"),
         ('[rollouts.m]\nmetric = "auc"\n', "learners.toml: rollouts.m.metric: Input should be 'accuracy', 'f1' or "
                                            "'log_loss' (got 'auc')"),
         ("[rollouts.m]\nwarmup = 1\n", "learners.toml: rollouts.m.warmup: Extra inputs are not permitted (got 1)"),

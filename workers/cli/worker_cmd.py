@@ -71,11 +71,10 @@ def lag_exporter() -> None:
 @app.command("rollouts")
 def rollouts() -> None:
     """Roll gated challengers out on live traffic; promote or roll back on a sequential test of their labels."""
-    from learners.config import load_learners_file
     from workers.cli import setup_logging
     from workers.rollouts.worker import run_rollout_worker
 
     s = settings()
-    learners = load_learners_file(s.learners_file)  # [rollouts.MODEL] sections: a bad file fails here
+    learners = s.load_learners()  # [rollouts.MODEL] sections: a bad file fails here
     setup_logging(s.log_level)
     run_rollout_worker(s, learners=learners)

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from learners.config import LearnersConfig, load_learners_file
+from learners.config import LearnersConfig
 from schemas import FeedbackEvent, ModelUpdate, PredictionEvent, parse_event
 from schemas.errors import InvalidEvent
 from streams.admin import ensure_topics
@@ -175,7 +175,7 @@ class RolloutLoop(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def run_rollout_worker(settings: Settings, learners: LearnersConfig | None = None) -> None:
-    learners = learners or load_learners_file(settings.learners_file)
+    learners = learners or settings.load_learners()
     loop = RolloutLoop(settings, learners)
     app = create_app(settings.kafka, app_id="learnloop-rollout-controller", data_dir=settings.data_dir / "faust")
     serve_metrics(settings.metrics.host, settings.metrics.port_for("rollouts"))
