@@ -66,8 +66,10 @@ def exported_metrics() -> tuple[dict[str, set[str]], set[str]]:
     from streams.metrics import ConversationMetrics, FeedbackMetrics, PredictorMetrics, TrainerMetrics
     from workers.api.metrics import ApiMetrics
     from workers.lag.exporter import LagMetrics
+    from workers.rollouts.metrics import RolloutMetrics
 
-    kinds = (FeedbackMetrics, ConversationMetrics, TrainerMetrics, PredictorMetrics, LagMetrics, ApiMetrics)
+    kinds = (FeedbackMetrics, ConversationMetrics, TrainerMetrics, PredictorMetrics, LagMetrics, ApiMetrics,
+             RolloutMetrics)
     registries = [_RecordingRegistry() for _ in kinds]
     for kind, registry in zip(kinds, registries, strict=True):
         kind(registry)
@@ -99,11 +101,11 @@ PENDING_COMMANDS: set[tuple[str, ...]] = set()
 PENDING_SETTINGS: set[str] = set()
 
 # Every learnloop process the deployment must run, and the alerts the issue asks for.
-REQUIRED_SERVICES = {"migrate", "feedback", "conversations", "trainer", "api", "lag-exporter"}
+REQUIRED_SERVICES = {"migrate", "feedback", "conversations", "trainer", "rollouts", "api", "lag-exporter"}
 REQUIRED_ALERTS = {
     "LearnloopConsumerLagGrowing", "LearnloopConsumerStalled", "LearnloopConsumerStopped", "LearnloopDriftStorm",
     "LearnloopDeadLetterRate", "LearnloopTrainingFailures", "LearnloopModelStale", "LearnloopTargetDown",
-    "LearnloopApiErrors", "LearnloopApiSlow",
+    "LearnloopApiErrors", "LearnloopApiSlow", "LearnloopRolloutRolledBack",
 }
 REQUIRED_DASHBOARDS = {"pipeline", "learners", "lag", "training", "gateway"}
 # Values that must come from the operator: `${NAME:?...}` in the compose file, never a default.
@@ -401,7 +403,8 @@ def test_long_running_services_have_health_checks_on_their_own_port() -> None:
 def test_every_service_has_a_distinct_metrics_port() -> None:
     ports = {name: metrics_port(name) for name in LONG_RUNNING}
     assert len(set(ports.values())) == len(ports), ports
-    assert ports == {"feedback": 9101, "conversations": 9102, "trainer": 9103, "api": 8080, "lag-exporter": 9108}
+    assert ports == {"feedback": 9101, "conversations": 9102, "trainer": 9103, "rollouts": 9104, "api": 8080,
+                     "lag-exporter": 9108}
     api_ports = LEARNLOOP["api"].get("ports") or []
     assert any(str(p).split(":")[-1] == "8080" for p in api_ports), "the API's port is not published"
 
