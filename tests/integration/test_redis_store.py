@@ -79,3 +79,28 @@ async def test_a_status_written_before_per_partition_statuses_is_still_shown(set
         assert (row["name"], row["n_learned"], row["split"]) == ("old", 7, False)
     finally:
         await store.close()
+
+
+async def test_the_trainer_reads_the_online_learners_metric_the_feedback_worker_publishes(settings: Settings) -> None:
+    from workers.trainer.online_metric import OnlineMetrics
+
+    store = RedisStore(aioredis.Redis.from_url(settings.redis.url), prefix=settings.redis.key_prefix)
+
+    def status(partition: int, n: int, f1: float) -> dict[str, object]:
+        return {"name": "sea", "topic": "fb", "partition": partition, "n_learned": n,
+                "metrics": {"f1": 0.5, "rolling_f1": f1}}
+
+    online = OnlineMetrics(settings.redis)
+    try:
+        assert online(["sea"], "f1") is None  # no learner published: the gate skips that baseline
+        await store.commit("fb", 1, snapshot=b"a", offset=9, event_ids=[], statuses={"sea": status(1, 900, 0.81)})
+        await store.commit("fb", 2, snapshot=b"b", offset=3, event_ids=[], statuses={"sea": status(2, 40, 0.99)})
+        await store.commit("fb", 0, snapshot=b"c", offset=3, event_ids=[],
+                           statuses={"other": {"name": "other", "n_learned": 5, "metrics": {"f1": 0.7}}})
+        # The rolling value of the copy that learned most; the best of the learners feeding the model.
+        assert online(["sea"], "f1") == 0.81
+        assert online(["sea", "other"], "f1") == 0.81
+        assert online(["other"], "f1") == 0.7
+    finally:
+        online.client.close()
+        await store.close()

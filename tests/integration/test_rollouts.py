@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 
 from learners.rollout import assign
@@ -26,7 +27,10 @@ from schemas import FeedbackEvent, ModelUpdate, PredictionEvent, RolloutEvent, p
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.conftest import worker_env
+from tests.integration.test_api import READER, api_config
 from tests.integration.util import ROOT, read_topic, start_worker, stop_worker, wait_for, write_learners
+from workers.api.app import create_app
+from workers.api.server import BackgroundServer
 from workers.rollouts.store import RolloutStore
 from workers.settings import Settings
 from workers.store.migrate import migrated_engine
@@ -301,6 +305,11 @@ async def test_people_pause_resume_abort_and_promote(
     assert cli(env, "rollout", "pause", MODEL).stdout.strip().endswith("is already paused")
     res = cli(env, "rollout", "resume", MODEL)
     assert res.returncode == 0 and "running" in res.stdout, res.stderr
+    with BackgroundServer(create_app(settings, api=api_config())) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            shown = await client.get("/v1/rollouts", headers={"X-API-Key": READER})
+    assert shown.status_code == 200, shown.text
+    assert [(r["id"], r["state"], r["share"]) for r in shown.json()["rollouts"]] == [(first["id"], "running", 20.0)]
     res = cli(env, "rollout", "abort", MODEL)
     assert res.returncode == 0 and "aborted" in res.stdout, res.stderr
     assert registry.alias_version(MODEL, "champion") == "1"

@@ -201,6 +201,32 @@ def status_router() -> APIRouter:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model registry unavailable") from None
         return {"versions": jsonable_encoder(listing.versions), "note": listing.note}
 
+    rollout_stores: list[Any] = []
+
+    @router.get(
+        "/v1/rollouts",
+        tags=["status"],
+        summary="Rollouts of challengers (running and paused first), with their live statistics",
+        responses={503: {"description": "the database is unreachable or not migrated"}},
+    )
+    async def rollouts(_: ReadCaller, gateway: GatewayDep) -> dict[str, Any]:
+        def read() -> list[dict[str, Any]]:
+            from workers.rollouts.store import RolloutStore
+            from workers.store.engine import engine_for
+
+            with _registry_lock:
+                if not rollout_stores:  # one engine for the process, made on first use
+                    s = gateway.settings
+                    rollout_stores.append(RolloutStore(engine_for(s.database, s.data_dir)))
+            return rollout_stores[0].rollouts(limit=10)  # type: ignore[no-any-return]
+
+        try:
+            rows = await run_in_threadpool(read)
+        except StoreUnavailable as error:  # one line that says what to do (migrate, reach the database)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
+        rows.sort(key=lambda r: r["state"] not in ("running", "paused"))
+        return {"rollouts": [{k: v for k, v in r.items() if k != "decisions"} for r in rows]}
+
     @router.get(
         "/v1/lag",
         tags=["status"],

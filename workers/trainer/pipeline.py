@@ -56,8 +56,10 @@ class TrainingPipeline:
         config: TrainerConfig,
         source: str,
         rolls_out: Callable[[str], bool] = lambda model: False,
+        online_metric: Callable[[Sequence[str], str], float | None] = lambda learners, metric: None,
     ) -> None:
         self.rolls_out = rolls_out
+        self.online_metric = online_metric
         self.store = store
         self.registry = registry
         self.finetune = finetune
@@ -108,8 +110,10 @@ class TrainingPipeline:
             progress({"stage": "evaluate"})
             candidate = evaluate(TextClassifier.load(ft.model_dir), list(parts.test.texts), _labels(parts.test))
             champion = self._champion_report(job.model, champion_version, parts.test, Path(tmp))
+            # A first candidate must also beat the online learner that feeds the model (issue 11, point 5).
+            online = self.online_metric(list(job.learners), "f1") if champion is None else None
             decision = gate(candidate, champion, margin=self.config.margin, alpha=self.config.alpha,
-                            labels=_labels(parts.test))
+                            labels=_labels(parts.test), online_metric=online)
             # Beating a champion offline earns a rollout on live traffic, not the alias itself.
             rollout = decision.promote and champion is not None and self.rolls_out(job.model)
             if rollout:
@@ -121,6 +125,8 @@ class TrainingPipeline:
                 metrics.update({f"champion_{k}": v for k, v in champion.metrics().items()})
             if decision.p_value is not None:
                 metrics["mcnemar_p"] = decision.p_value
+            if online is not None:
+                metrics["online_learner_f1"] = online
             run.log_metrics(metrics)
             if self.config.quantize:
                 q = quantize_dynamic(ft.model_dir, Path(tmp) / "int8")

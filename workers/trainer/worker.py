@@ -20,6 +20,7 @@ from workers.settings import Settings
 from workers.store.feedback import FeedbackStore
 from workers.store.jobs import JobStore
 from workers.store.migrate import migrated_engine
+from workers.trainer.online_metric import OnlineMetrics
 from workers.trainer.pipeline import TrainingPipeline
 from workers.trainer.service import Trainer
 
@@ -36,6 +37,7 @@ def build_trainer(settings: Settings, learners: LearnersConfig | None = None) ->
         store=FeedbackStore(engine), registry=registry, finetune=settings.training,
         config=settings.trainer, source=settings.source,
         rolls_out=lambda model: settings.rollout.enabled or model in learners.rollouts,
+        online_metric=OnlineMetrics(settings.redis),
     )
     return Trainer(
         jobs=JobStore(engine), pipeline=pipeline, producer=EventProducer(settings.kafka),

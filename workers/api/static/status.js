@@ -285,9 +285,28 @@ function renderModels(res) {
   target.replaceChildren(...parts);
 }
 
+// Running and paused rollouts only: a finished one is history (`learnloop rollouts`).
+function renderRollouts(res) {
+  const target = document.getElementById("rollouts");
+  if (!target) return;
+  if (!res.ok) return problem(target, res);
+  const live = ((res.body || {}).rollouts || []).filter(r => r.state === "running" || r.state === "paused");
+  if (!live.length) return target.replaceChildren(el("p", { class: "note" }, "no rollout running"));
+  const head = el("tr", {}, ...["model", "state", "step", "share", "champion", "challenger", "difference"]
+    .map(c => el("th", {}, c)));
+  const rows = live.map(r => el("tr", { "data-rollout": r.id },
+    el("td", {}, r.model), el("td", {}, r.state), el("td", { class: "num" }, `${r.step + 1}/${r.steps.length}`),
+    el("td", { class: "num" }, `${r.share} %`),
+    el("td", {}, `v${r.champion_version} ${fmt(r.champion.metric.mean, 3)} (${r.champion.labels})`),
+    el("td", {}, `v${r.challenger_version} ${fmt(r.challenger.metric.mean, 3)} (${r.challenger.labels})`),
+    el("td", {}, `[${fmt(r.difference.lower, 3)}, ${fmt(r.difference.upper, 3)}]`)));
+  target.replaceChildren(el("table", { id: "rollouts-table" }, el("thead", {}, head), el("tbody", {}, ...rows)));
+}
+
 async function poll() {
-  const [learners, lag, models] = await Promise.all(
-    [getJSON("v1/learners"), getJSON("v1/lag"), getJSON("v1/models")]);
+  const [learners, lag, models, rollouts] = await Promise.all(
+    [getJSON("v1/learners"), getJSON("v1/lag"), getJSON("v1/models"), getJSON("v1/rollouts")]);
+  renderRollouts(rollouts);
   if (learners.ok) await loadHistory(((learners.body || {}).learners || []).map(l => l.name));
   renderLearners(learners);
   renderLag(lag);
