@@ -74,9 +74,10 @@ class Rig:
         self.settings = settings
         self.config = TrainerConfig(settle_s=0, min_samples=100, min_per_class=10, margin=0.01)
 
-    def trainer(self, finetune: FineTuneConfig = TINY) -> Trainer:
+    def trainer(self, finetune: FineTuneConfig = TINY, *, rolls_out: bool = False) -> Trainer:
         pipeline = TrainingPipeline(
-            store=self.store, registry=self.registry, finetune=finetune, config=self.config, source="test"
+            store=self.store, registry=self.registry, finetune=finetune, config=self.config, source="test",
+            rolls_out=lambda model: rolls_out,
         )
         learners = LearnersConfig.from_mapping({"learners": {"answers": {"retrain_model": "answers-text"}}})
         return Trainer(jobs=self.jobs, pipeline=pipeline, producer=EventProducer(self.settings.kafka),
@@ -223,3 +224,22 @@ async def test_a_job_whose_trainer_died_once_too_often_counts_as_failed(rig: Rig
     assert done is not None and job_as_dict(done)["outcome"] == TrainingOutcome.FAILED
     assert trainer.metrics.registry.get_sample_value(
         "learnloop_training_jobs_total", {"model": "answers-text", "outcome": "failed"}) == 1
+
+
+async def test_a_candidate_that_beats_the_champion_is_rolled_out_not_promoted(rig: Rig) -> None:
+    # The champion learned the labels backwards; the candidate learns them right and beats it offline.
+    rig.store.add_many(sentiment_samples(300, flip=True, seed=5))
+    first = await rig.run_one(rig.trainer(rolls_out=True), request())
+    assert first["result"]["alias"] == "champion"  # type: ignore[index]  # no champion to roll out against
+    rig.store.add_many(sentiment_samples(400, seed=6))
+    second = await rig.run_one(rig.trainer(rolls_out=True), request(window=DataWindow(last_n=400)))
+    result = second["result"]
+    assert isinstance(result, dict), second["error"]
+    assert (result["version"], result["alias"], result["promoted"], result["rollout"]) == ("2", "challenger",
+                                                                                           False, True)
+    assert "rolled out against v1" in result["reason"]
+    assert rig.registry.alias_version("answers-text", "champion") == "1"
+    records = await read_topic(rig.settings.kafka, Topics(rig.settings.kafka.topic_prefix).model_updates, expect=2)
+    updates = [parse_event(r.value, ModelUpdate) for r in records]
+    assert [(u.version, u.alias, u.rollout) for u in sorted(updates, key=lambda u: u.version)] == [
+        ("1", "champion", False), ("2", "challenger", True)]
