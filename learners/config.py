@@ -47,6 +47,7 @@ from pydantic import (
 
 from learners.models import accepted_params, build_estimator, estimator_class, models_for
 from learners.monitors.specs import InputDriftSpec, PerformanceEstimateSpec, PredictionDriftSpec
+from learners.retrain_policy import RetrainPolicySpec
 from learners.rollout.policy import RolloutPolicy
 from schemas.errors import ConfigError, UnknownLearner
 
@@ -156,6 +157,7 @@ class LearnerSpec(_Frozen):
     ] = "logistic_regression"
     params: dict[str, ParamValue] = Field(default_factory=dict)
     retrain_model: str | None = None
+    retrain_policy: RetrainPolicySpec = RetrainPolicySpec()
     drift: DriftSpec = DriftSpec()
     labels: LabelSpec = LabelSpec()
     rolling_window: int = Field(default=1000, ge=1)

@@ -14,6 +14,7 @@ from typing import Any
 
 from learners.monitors import DriftSignal
 from learners.online import OnlineLearner
+from learners.retrain_policy import RetrainGate
 from schemas import DataWindow, DeadLetter, DriftEvent, DriftEventV2, Envelope, RetrainRequest, WindowStats
 from streams.ports import RecordLike
 
@@ -61,8 +62,10 @@ def dead_letter(rec: RecordLike, error: BaseException, *, source: str, reason: s
     return dl.model_copy(update={"event_id": derived_id("deadletter", rec.topic, rec.partition, rec.offset)})
 
 
-def drift_events(learner: OnlineLearner, d: Any, *, source: str) -> list[Envelope]:
-    """The ``DriftEvent`` of one drift alarm (``d``: the learner's drift outcome), and its ``RetrainRequest``.
+def drift_events(learner: OnlineLearner, d: Any, *, source: str, gate: RetrainGate | None = None,
+                 now: float = 0.0) -> list[Envelope]:
+    """The ``DriftEvent`` of one drift alarm (``d``: the learner's drift outcome), and its ``RetrainRequest``
+    when ``gate`` (the learner's retrain policy) lets it ask.
 
     Only a learner whose spec names a ``retrain_model`` asks for a retrain: for any
     other there is no model to rebuild, and a request would only become a failed job.
@@ -82,20 +85,31 @@ def drift_events(learner: OnlineLearner, d: Any, *, source: str) -> list[Envelop
     log.warning(
         "drift in learner %s at event %d: error %.3f -> %.3f", learner.name, d.n_seen, d.before_mean, d.after_mean
     )
-    model = learner.spec.retrain_model
-    if model is None:
+    if learner.spec.retrain_model is None:
         return [drift]
-    retrain = RetrainRequest(
-        event_id=derived_id("retrain", learner.name, d.n_seen),
-        request_id=derived_id("retrain-request", learner.name, d.n_seen),
+    if gate is not None and gate.on_drift("error", n_seen=d.n_seen, now=now) is None:
+        return [drift]
+    return [drift, retrain_request(learner, "drift", d.n_seen, source=source, drift_event_id=drift.event_id)]
+
+
+def retrain_request(
+    learner: OnlineLearner, reason: str, n_seen: int, *, source: str, drift_event_id: uuid.UUID | None = None
+) -> RetrainRequest:
+    """The request to rebuild ``learner``'s retrain model, saying why (drift, schedule, volume)."""
+    model = learner.spec.retrain_model
+    assert model is not None, "only a learner with a retrain_model asks for a retrain"
+    # A drift's request keeps the id it always had; schedule and volume requests name their reason.
+    cause = (learner.name, n_seen) if reason == "drift" else (learner.name, reason, n_seen)
+    return RetrainRequest(
+        event_id=derived_id("retrain", *cause),
+        request_id=derived_id("retrain-request", *cause),
         source=source,
         model=model,
-        reason="drift",
+        reason=reason,  # type: ignore[arg-type]  # the gate answers only drift, schedule or volume
         learner=learner.name,
-        drift_event_id=drift.event_id,
+        drift_event_id=drift_event_id,
         window=DataWindow(),  # the trainer takes the newest samples when the job starts
     )
-    return [drift, retrain]
 
 
 def monitor_drift_event(learner: str, signal: DriftSignal, *, source: str) -> DriftEventV2:

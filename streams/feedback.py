@@ -20,9 +20,10 @@ from learners.config import LearnersConfig, LearnerSpec
 from learners.labels import Target, resolve_target
 from learners.models import with_text
 from learners.online import OnlineLearner
+from learners.retrain_policy import RetrainGate
 from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, parse_event, rfc3339
 from schemas.errors import InvalidEvent
-from streams.derived import RawRecord, dead_letter, drift_events
+from streams.derived import RawRecord, dead_letter, drift_events, retrain_request
 from streams.feedback_results import BatchResult, ConsumerStats, LearnedSample
 from streams.partitioning import forward, owner_partition
 from streams.ports import JoinStore, PartitionStateStore, RecordLike
@@ -50,6 +51,7 @@ class LearnerSlot:
     learned_at: float | None = None  # wall clock of the last learn
     # when the last drift was detected; older snapshots lack it and read the class default, None
     last_drift_at: datetime | None = None
+    gate: RetrainGate | None = None  # the retrain policy's state, for a learner with a retrain_model
 
 
 @dataclass
@@ -83,6 +85,8 @@ class PartitionState:
             st["topic"] = self.topic
             st["offset"] = self.offset
             st["owner_partition"] = owner_partition(name, partitions) if partitions else None
+            if slot.gate is not None:
+                st["retrain_gate"] = slot.gate.status()
             out[name] = st
         return out
 
@@ -335,11 +339,19 @@ class FeedbackProcessor:
                     channel=ev.channel, source=ev.source, occurred_at=ev.occurred_at,
                 )
             )
+        gate = slot.gate
+        if spec.retrain_model and gate is None:
+            gate = slot.gate = RetrainGate(spec.retrain_policy)
         if outcome.drift is not None:
             result.drifts += 1
-            derived = drift_events(learner, outcome.drift, source=self.source)
+            derived = drift_events(learner, outcome.drift, source=self.source, gate=gate, now=self.clock())
             slot.last_drift_at = next(e.detected_at for e in derived if isinstance(e, DriftEvent))
             result.outputs.extend(derived)
+        if gate is not None:
+            gate.labelled()
+            reason = gate.due(n_seen=outcome.n_seen, now=self.clock())
+            if reason is not None:
+                result.outputs.append(retrain_request(learner, reason, outcome.n_seen, source=self.source))
 
     @staticmethod
     def _target(ev: FeedbackEvent, spec: LearnerSpec) -> Target:

@@ -186,6 +186,11 @@ class FeedbackMetrics(_BatchLoopMetrics):
                 if isinstance(value, int | float):
                     self.learner_metric.labels(name, p, metric).set(value)
                     series.add((name, metric))
+            # Requests the retrain policy held back, by why: metric "retrain_gated_<reason>".
+            for reason, count in ((status.get("retrain_gate") or {}).get("gated") or {}).items():
+                metric = "retrain_gated_" + reason.replace(":", "_")
+                self.learner_metric.labels(name, p, metric).set(count)
+                series.add((name, metric))
 
     def snapshot_restored(self, topic: str, partition: int, created_at: str) -> None:
         """A partition resumed from a snapshot written at ``created_at`` (RFC 3339): its age counts from then."""

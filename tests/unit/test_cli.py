@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -325,3 +327,42 @@ def test_learners_refuses_the_file_the_workers_refuse_with_the_same_line(tmp_pat
     status, worker = (learnloop(*args, env=env, cwd=tmp_path) for args in (["learners"], ["worker", "feedback"]))
     assert_one_error_line(status, "learners.toml: learners.sea.model")
     assert status.stderr == worker.stderr
+
+
+def test_learners_json_shows_what_the_retrain_policy_held_back(tmp_path: Path, redis_url: str) -> None:
+    from workers.feedback.redis_store import RedisStore
+    from workers.settings import RedisConfig
+
+    prefix = f"cli-gate-{uuid.uuid4().hex[:8]}:"
+    status = {
+        "name": "sea", "task": "binary", "model": "logistic_regression", "n_learned": 10, "metrics": {},
+        "drifts": 2, "retrain_gate": {"requested": {"drift": 1}, "gated": {"cooldown": 1}},
+        "monitors": {"estimate": {"estimated_accuracy": 0.8, "realized_accuracy": 0.75}},
+    }  # fmt: skip
+
+    async def write() -> None:
+        store = RedisStore.from_config(RedisConfig(url=redis_url, key_prefix=prefix))
+        try:
+            await store.commit("t", 0, snapshot=b"x", offset=1, event_ids=[], statuses={"sea": status})
+        finally:
+            await store.close()
+
+    async def clean() -> None:
+        store = RedisStore.from_config(RedisConfig(url=redis_url, key_prefix=prefix))
+        try:
+            keys = [key async for key in store.r.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await store.r.delete(*keys)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    env = {"LEARNLOOP_REDIS__URL": redis_url, "LEARNLOOP_REDIS__KEY_PREFIX": prefix}
+    try:
+        res = learnloop("learners", "--json", env=env, cwd=tmp_path)
+    finally:
+        asyncio.run(clean())
+    assert res.returncode == 0, res.stderr
+    [row] = json.loads(res.stdout)
+    assert row["retrain_gate"] == status["retrain_gate"]
+    assert row["monitors"]["estimate"]["estimated_accuracy"] == 0.8

@@ -51,6 +51,9 @@ def learners(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
             "partition": r.get("partition"),
             "owner_partition": r.get("owner_partition"),
             "split": r.get("split", False),
+            # What the retrain policy asked for and held back (by why), and the label-free monitors' figures.
+            "retrain_gate": r.get("retrain_gate"),
+            "monitors": r.get("monitors"),
         }
         for r in rows
     ]
