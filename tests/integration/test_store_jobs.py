@@ -253,6 +253,31 @@ def test_reject_a_queued_job(jobs: JobStore) -> None:
     assert created  # a rejected job takes no more requests
 
 
+def test_a_cancelled_job_never_starts_and_a_running_one_loses_its_next_heartbeat(jobs: JobStore) -> None:
+    queued, _ = jobs.request(req(model="a-text"), learners=["a"])
+    assert jobs.cancel(queued.id).status == "cancelled"
+    assert jobs.claim_next("w1") is None  # a cancelled job is not claimable
+    job = running(jobs)
+    cancelled = jobs.cancel(job.id)
+    assert (cancelled.status, cancelled.error, job_as_dict(cancelled)["outcome"]) == (
+        "cancelled", "cancelled on request", "cancelled")
+    with pytest.raises(JobStateError, match="it is cancelled") as info:
+        jobs.heartbeat(job.id, {"stage": "train"}, worker_id="w1")
+    assert info.value.status == "cancelled"  # what tells the trainer to stop without registering
+    with pytest.raises(JobStateError, match="it is cancelled"):
+        jobs.cancel(job.id)
+    assert {j.id for j in jobs.list(status="cancelled")} == {job.id, queued.id}
+
+
+def test_params_go_to_a_new_job_and_other_params_do_not_join_it(jobs: JobStore) -> None:
+    job, created = jobs.request(req(reason="manual"), learners=["s"], params={"epochs": 1})
+    assert created and job.params == {"epochs": 1} and job.kind == "classifier"
+    same, created = jobs.request(req(reason="manual"), learners=["s"], params={"epochs": 1})
+    assert not created and same.id == job.id
+    with pytest.raises(JobStateError, match="already queued with other parameters"):
+        jobs.request(req(reason="manual"), learners=["s"], params={"epochs": 2})
+
+
 def test_unknown_jobs(jobs: JobStore) -> None:
     assert jobs.get("nope") is None
     with pytest.raises(JobNotFound, match="no training job 'nope'"):

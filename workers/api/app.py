@@ -19,6 +19,7 @@ from workers.api.config import ApiConfig
 from workers.api.deps import Gateway
 from workers.api.history import HistorySampler, LearnerHistory
 from workers.api.ingest import ingest_router
+from workers.api.jobs import jobs_router
 from workers.api.metrics import ApiMetrics, RequestMetrics
 from workers.api.openapi import install_openapi
 from workers.api.ports import EventPublisher, HistoryStore, KafkaPublisher, ServingModels, StatusStore
@@ -130,6 +131,7 @@ def create_app(
     app.include_router(ingest_router(config.max_batch))
     app.include_router(predict_router(config.max_batch))
     app.include_router(status_router())
+    app.include_router(jobs_router())
     app.add_middleware(RequestMetrics, metrics=gateway.metrics)
     install_openapi(app)
     return app

@@ -85,7 +85,7 @@ def require(scope: Scope) -> Callable[..., Coroutine[Any, Any, Principal]]:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"this key lacks the {scope!r} scope")
         return Principal(name=key.name, scopes=frozenset(key.scopes))
 
-    caller.__name__ = f"require_{scope}"
+    caller.__name__ = f"require_{scope.replace(':', '_')}"
     return caller
 
 

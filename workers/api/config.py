@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.api.keys import KEY_NAME_PATTERN
 
-Scope = Literal["read", "write", "predict"]
-"""``read``: status routes; ``write``: the ingest routes; ``predict``: ``POST /v1/predict/{learner}``."""
+Scope = Literal["read", "write", "predict", "jobs:read", "jobs:write"]
+"""``read``: status routes; ``write``: the ingest routes; ``predict``: ``POST /v1/predict/{learner}``;
+``jobs:read`` / ``jobs:write``: follow / submit and cancel fine-tuning jobs (``/v1/jobs``)."""
 
 
 class ApiKey(BaseModel):

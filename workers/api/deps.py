@@ -30,6 +30,7 @@ class Gateway:
     history: HistoryStore | None = None  # None: the app was given a store of its own and no history
     # The MLflow registry, made on first use of /v1/models (importing MLflow takes seconds).
     registry: Any = field(default=None, repr=False)
+    jobs: Any = field(default=None, repr=False)  # the SQL job store, opened at the first jobs request
 
     def require_publisher(self) -> EventPublisher:
         if self.publisher is None:

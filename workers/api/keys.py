@@ -34,7 +34,7 @@ from schemas.envelope import NAME_PATTERN
 
 KEY_PREFIX = "ll_"
 """Marks learnloop keys, so secret scanners and people recognise one that leaked."""
-SCOPES = ("read", "write", "predict")
+SCOPES = ("read", "write", "predict", "jobs:read", "jobs:write")
 KEY_NAME_PATTERN = NAME_PATTERN  # a key's name is the default source of its events
 """A key's name doubles as the default ``source`` of the events it sends."""
 
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("new", help="make a key; print it once, with the settings entry to add")
     new.add_argument("name", type=_name, help="who uses the key; the default source of their events")
-    new.add_argument("--scopes", type=_scopes, default=["read"], help="any of read,write,predict (default: read)")
+    new.add_argument("--scopes", type=_scopes, default=["read"],
+                     help="any of read,write,predict,jobs:read,jobs:write (default: read)")
     hashed = commands.add_parser("hash", help="print the settings entry of an existing key read from stdin")
     hashed.add_argument("name", type=_name)
     hashed.add_argument("--scopes", type=_scopes, default=["read"])

@@ -6,6 +6,7 @@ Life of a job::
                     ▲  │                     │ │ └──fail()─────▶ failed
                     │  └──reject()──────────┐│ └──reject()─────▶ rejected
                     └──recover_stale()──────┘└──recover_stale()─▶ failed (attempts used up)
+    queued or running ──cancel()──▶ cancelled (the trainer's next heartbeat is refused: it stops, registers nothing)
 
 A burst of requests for one model becomes one job: while a job for the model
 is queued, new requests join it (their ids, drift events, learners and data
@@ -117,7 +118,7 @@ def job_outcome(job: TrainingJob) -> TrainingOutcome | None:
         if error.startswith(DATASET_INVALID_PREFIX):
             return TrainingOutcome.DATASET_INVALID
         return TrainingOutcome.LOST if HANDED_ON in error else TrainingOutcome.FAILED
-    if job.status in ("succeeded", "rejected"):
+    if job.status in ("succeeded", "rejected", "cancelled"):
         return TrainingOutcome(job.status)
     return None
 
@@ -146,6 +147,8 @@ def job_as_dict(job: TrainingJob) -> dict[str, Any]:
         "error": job.error,
         "progress": job.progress,
         "result": job.result,
+        "kind": job.kind,
+        "params": job.params,
     }
 
 
@@ -179,15 +182,21 @@ class JobStore:
 
     # -- requests ------------------------------------------------------------------
 
-    def request(self, req: RetrainRequest, *, learners: Sequence[str]) -> tuple[TrainingJob, bool]:
+    def request(
+        self, req: RetrainRequest, *, learners: Sequence[str], params: dict[str, Any] | None = None
+    ) -> tuple[TrainingJob, bool]:
         """Queue ``req``: join the model's queued job, or create one. True when a job was created.
 
         ``learners`` are the learners whose feedback trains the model. A request
         id seen before returns its job unchanged, whatever that job's status.
+        ``params`` (fine-tuning settings to override) go to a new job only: a
+        request with params that differ from the queued job's raises ``JobStateError``.
         """
-        return self._retrying("retrain request", lambda s: self._request(s, req, learners))
+        return self._retrying("retrain request", lambda s: self._request(s, req, learners, params or None))
 
-    def _request(self, s: Session, req: RetrainRequest, learners: Sequence[str]) -> tuple[TrainingJob, bool]:
+    def _request(
+        self, s: Session, req: RetrainRequest, learners: Sequence[str], params: dict[str, Any] | None
+    ) -> tuple[TrainingJob, bool]:
         rid = str(req.request_id)
         known = s.get(JobRequest, rid)
         if known is not None:
@@ -202,10 +211,13 @@ class JobStore:
             job = TrainingJob(
                 id=str(uuid.uuid4()), model=req.model, status="queued", reason=req.reason, request_ids=[rid],
                 drift_event_ids=drift, learners=_uniq(learners), window=_window_json(req.window),
-                created_at=now, updated_at=now, requested_at=now, attempts=0,
+                created_at=now, updated_at=now, requested_at=now, attempts=0, kind="classifier", params=params,
             )  # fmt: skip
             s.add(job)
         else:
+            if params is not None and params != job.params:
+                raise JobStateError(f"job {job.id} for {req.model} is already queued with other parameters "
+                                    f"({job.params or {}}): cancel it first", job_id=job.id, status=job.status)
             # New lists, not appends: the JSON columns notice assignment, not mutation.
             job.request_ids = _uniq(job.request_ids, [rid])
             job.drift_event_ids = _uniq(job.drift_event_ids, drift)
@@ -280,6 +292,12 @@ class JobStore:
             "reject", job_id, ("queued", "running"), worker_id, status="rejected", error=reason, finished_at=now
         )
 
+    def cancel(self, job_id: str) -> TrainingJob:
+        """Cancel a queued job (it never starts) or a running one (its trainer stops at its next heartbeat)."""
+        now = self.clock()
+        return self._transition("cancel", job_id, ("queued", "running"), None, status="cancelled",
+                                error="cancelled on request", finished_at=now)
+
     def recover_stale(self, *, stale_after_s: float, max_attempts: int = 3) -> builtins.list[TrainingJob]:
         """Requeue running jobs silent for ``stale_after_s``, or fail those that used ``max_attempts``.
 
@@ -331,11 +349,15 @@ class JobStore:
         with self._tx("job lookup", write=False) as s:
             return s.get(TrainingJob, job_id)
 
-    def list(self, limit: int = 50, model: str | None = None) -> builtins.list[TrainingJob]:
-        """The newest jobs first (of one model, or all)."""
+    def list(
+        self, limit: int = 50, model: str | None = None, status: str | None = None
+    ) -> builtins.list[TrainingJob]:
+        """The newest jobs first (of one model and/or in one status, or all)."""
         q = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc()).limit(limit)
         if model is not None:
             q = q.where(TrainingJob.model == model)
+        if status is not None:
+            q = q.where(TrainingJob.status == status)
         with self._tx("job listing", write=False) as s:
             return builtins.list(s.scalars(q).all())
 

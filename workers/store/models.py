@@ -32,8 +32,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from schemas.envelope import MAX_NAME, as_utc
 from workers.store.samples import LabelValue
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "rejected"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "rejected")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "rejected", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "rejected", "cancelled")
+JobKind = Literal["classifier"]
 
 
 class TrainingOutcome(StrEnum):
@@ -49,7 +50,9 @@ class TrainingOutcome(StrEnum):
     FAILED = "failed"  # the run broke (the job's error says how), or its trainer died too often
     DATASET_INVALID = "dataset_invalid"  # the window's data cannot train a model: too few samples, one class...
     REJECTED = "rejected"  # the request cannot be served: no learner names the model
-    CANCELLED = "cancelled"  # the trainer stopped mid-run; the job is requeued for the next trainer
+    # The trainer stopped mid-run (the job is requeued for the next trainer), or the job was cancelled on
+    # request (its status is then ``cancelled`` and nothing was registered).
+    CANCELLED = "cancelled"
     LOST = "lost"  # the run was declared dead (no heartbeat) and its job handed on
 
 
@@ -131,7 +134,8 @@ class TrainingJob(Base):
     __tablename__ = "training_jobs"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'rejected')", name="ck_training_jobs_status"
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'rejected', 'cancelled')",
+            name="ck_training_jobs_status",
         ),
         Index("ix_training_jobs_model", "model"),
         Index("ix_training_jobs_status_created_at", "status", "created_at"),
@@ -157,6 +161,9 @@ class TrainingJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    kind: Mapped[str] = mapped_column(String(16), default="classifier", server_default="classifier")
+    # Fine-tuning settings this job overrides (``training.*`` names), from the jobs API.
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
     def __repr__(self) -> str:
         return f"TrainingJob(id={self.id!r}, model={self.model!r}, status={self.status!r}, attempts={self.attempts})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,10 @@ class TrainingPipeline:
         ds = self.dataset(job)  # DatasetInvalid fails the job with its reason
         parts = split(ds, val_fraction=self.config.val_fraction, test_fraction=self.config.test_fraction)
         log.info("job %s: %d samples (%s)", job.id, len(ds), ds.report.get("classes"))
+        finetune = job_finetune_config(self.finetune, job.params)
         champion_version = self.registry.alias_version(job.model, "champion")
         with tempfile.TemporaryDirectory(prefix="learnloop-train-") as tmp, self.registry.start_run(
-            job.id, job.model, {**self.finetune.model_dump(), "n_samples": len(ds), "reason": job.reason}
+            job.id, job.model, {**finetune.model_dump(), "n_samples": len(ds), "reason": job.reason}
         ) as run:
             run.log_dict("dataset.json", dict(ds.report))
             def report(p: dict[str, Any]) -> None:
@@ -104,7 +105,7 @@ class TrainingPipeline:
                 _log_step(run, p)
 
             ft = fine_tune(
-                _data(parts.train), _data(parts.val), self.finetune, Path(tmp) / "model",
+                _data(parts.train), _data(parts.val), finetune, Path(tmp) / "model",
                 progress=report, should_stop=should_stop,
             )
             progress({"stage": "evaluate"})
@@ -165,6 +166,11 @@ class TrainingPipeline:
             return None
         folder = self.registry.model_dir(model, version, tmp / "champion")
         return evaluate(TextClassifier.load(folder), list(test.texts), _labels(test))
+
+
+def job_finetune_config(base: FineTuneConfig, params: Mapping[str, Any] | None) -> FineTuneConfig:
+    """``base`` with a job's overrides (``training.*`` names), validated as the settings are."""
+    return FineTuneConfig.model_validate({**base.model_dump(), **(params or {})}) if params else base
 
 
 def _log_step(run: Any, p: dict[str, Any]) -> None:

@@ -151,7 +151,10 @@ class Trainer:
         except TrainingCancelled:
             log.warning("job %s interrupted by shutdown; the next trainer picks it up again", job.id)
             return TrainingOutcome.CANCELLED
-        except JobStateError as exc:  # our heartbeat was refused: the job was recovered as stale
+        except JobStateError as exc:  # our heartbeat was refused: cancelled on request, or recovered as stale
+            if exc.status == "cancelled":
+                log.warning("job %s cancelled on request: stopped, nothing registered", job.id)
+                return TrainingOutcome.CANCELLED
             log.error("job %s is no longer ours (%s); dropping this run", job.id, exc)
             return TrainingOutcome.LOST
         except Exception as exc:  # a failed job must be recorded, whatever broke; the worker carries on
