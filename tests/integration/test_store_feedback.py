@@ -59,9 +59,9 @@ def sample(
 
 
 def test_migrations_reach_head_and_rerun_as_a_no_op(db_url: str) -> None:
-    assert current_revision(db_url) == head_revision() == "0002"
+    assert current_revision(db_url) == head_revision() == "0003"
     upgrade(db_url)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -88,7 +88,7 @@ def test_processes_starting_together_migrate_once(blank_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert current_revision(blank_url) == "0002"
+    assert current_revision(blank_url) == "0003"
 
 
 def test_the_operator_command(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,9 +96,9 @@ def test_the_operator_command(db_url: str, tmp_path: Path, capsys: pytest.Captur
     assert migrate.main(["current", "--url", fresh]) == 0
     assert capsys.readouterr().out.strip() == "none (never migrated)"
     assert migrate.main(["upgrade", "--url", fresh]) == 0
-    assert "at revision 0002 (head 0002)" in capsys.readouterr().out
+    assert "at revision 0003 (head 0003)" in capsys.readouterr().out
     assert migrate.main(["current", "--url", db_url]) == 0
-    assert capsys.readouterr().out.strip() == "0002"
+    assert capsys.readouterr().out.strip() == "0003"
     assert migrate.main(["current", "--url", "mysql://x/y"]) == 2
     assert capsys.readouterr().err.startswith("error: --url: must be a sqlite://")
 
