@@ -158,23 +158,27 @@ class App:
         for _ in range(n):
             self.sent += 1
             pid, subject = f"p-{self.sent}", f"user-{self.rng.randrange(10**9)}"
-            arm = assign(subject, r["share"], salt=r["id"]) if routed else "champion"
+            shadow = routed and r["mode"] == "shadow"
+            arm = assign(subject, r["share"], salt=r["id"]) if routed and not shadow else "champion"
             self.served_by[arm] += 1
             truth = self.rng.random() < 0.5
-            right = self.rng.random() < self.accuracy[arm]
-            version = r["challenger_version"] if arm == "challenger" else r["champion_version"]
-            await self.producer.send(PredictionEvent(
-                source="app", prediction_id=pid, learner=MODEL, model=MODEL, text=f"request {self.sent}",
-                prediction=truth if right else not truth, probability=0.8, model_version=version,
-                subject_id=subject, rollout_id=r["id"] if routed else None, arm=arm if routed else None,
-                latency_ms=self.latency_ms[arm]))
+            arms = [arm, "challenger"] if shadow else [arm]  # a shadow copy is logged, never answers
+            for a in arms:
+                right = self.rng.random() < self.accuracy[a]
+                copy = a == "challenger" and shadow
+                await self.producer.send(PredictionEvent(
+                    source="app", prediction_id=f"{pid}:shadow" if copy else pid, learner=MODEL, model=MODEL,
+                    text=f"request {self.sent}", prediction=truth if right else not truth, probability=0.8,
+                    model_version=r[f"{a}_version"], subject_id=subject, rollout_id=r["id"] if routed else None,
+                    arm=a if routed else None, shadow_of=pid if copy else None, latency_ms=self.latency_ms[a]))
             pending.append((pid, truth))
         await self.producer.flush()
         if routed:  # the controller has counted them: their labels cannot overtake them
             requests = r["champion"]["requests"] + r["challenger"]["requests"]
+            logged = n * (2 if r["mode"] == "shadow" else 1)
             await self.controller.until("predictions counted", lambda row: row["id"] != r["id"] or row["state"]
                                         in FINAL or row["champion"]["requests"] + row["challenger"]["requests"]
-                                        >= requests + n)
+                                        >= requests + logged)
             self.labelled[r["id"]] = self.labelled.get(r["id"], 0) + n
         for pid, truth in pending:
             await self.producer.send(FeedbackEvent(source="app", learner=MODEL, prediction_id=pid, label=truth))
@@ -232,6 +236,21 @@ async def test_a_better_challenger_is_promoted_through_every_step(
     champions = [parse_event(u.value, ModelUpdate) for u in updates]
     assert [(u.version, u.alias, u.lineage.parent_version) for u in champions if u.alias == "champion"] == [
         ("2", "champion", "1")]
+
+
+async def test_a_shadow_is_judged_on_the_same_requests_and_promoted_when_better(
+    settings: Settings, registry: Any, controller: Controller, producer: EventProducer
+) -> None:
+    r = await start(settings, controller, producer, policy("[100]").replace('"canary"', '"shadow"'))
+    assert (r["mode"], r["share"]) == ("shadow", 100.0)
+    app = App(producer, controller, accuracy={"champion": 0.6, "challenger": 0.95})
+    final = await app.until_final()
+    assert final["state"] == "promoted", final
+    assert app.served_by == {"champion": app.sent, "challenger": 0}  # the shadow answered no one
+    # One label scored both versions: the paired interval decided.
+    paired = final["decisions"][-1]["statistics"]["difference"]
+    assert paired["n_champion"] == paired["n_challenger"] == final["challenger"]["labels"] > 0
+    assert registry.alias_version(MODEL, "champion") == "2"
 
 
 async def test_a_worse_challenger_is_rolled_back_before_full_traffic(
