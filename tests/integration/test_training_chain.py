@@ -231,7 +231,7 @@ async def test_a_candidate_that_beats_the_champion_is_rolled_out_not_promoted(ri
     rig.store.add_many(sentiment_samples(300, flip=True, seed=5))
     first = await rig.run_one(rig.trainer(rolls_out=True), request())
     assert first["result"]["alias"] == "champion"  # type: ignore[index]  # no champion to roll out against
-    rig.store.add_many(sentiment_samples(400, seed=6))
+    rig.store.add_many(sentiment_samples(700, seed=6))  # its newest 400 are all later than the flipped ones
     second = await rig.run_one(rig.trainer(rolls_out=True), request(window=DataWindow(last_n=400)))
     result = second["result"]
     assert isinstance(result, dict), second["error"]
