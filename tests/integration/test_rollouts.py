@@ -362,3 +362,26 @@ def test_a_command_without_a_controller_says_so_in_one_line(env: dict[str, str],
     assert res.stderr.strip().splitlines() == [
         f"error: pause {MODEL}: queued, but no rollout controller applied it within 0.5s "
         "(is `learnloop worker rollouts` running?)"]
+
+
+def test_the_rollouts_table_shows_state_share_and_live_numbers(
+    env: dict[str, str], rollout_store: RolloutStore
+) -> None:
+    from learners.rollout import RolloutPolicy, RolloutStats
+    from schemas.envelope import utc_now
+    from workers.rollouts.store import DecisionRecord, LiveRollout
+
+    now = utc_now()
+    stats = RolloutStats(alpha=0.05)
+    for i in range(50):
+        stats.champion.labelled(float(i % 2))
+        stats.challenger.labelled(1.0)
+    live = LiveRollout(id="r" * 32, model=MODEL, state="running", policy=RolloutPolicy(steps=[10, 50]),
+                       champion_version="1", challenger_version="2", stats=stats, started_at=now,
+                       step_started_at=now, step=1)
+    rollout_store.save([live], [DecisionRecord(live.id, 0, "start", "started", {}, new_step=(0, 10.0))], {}, {})
+    res = cli({**env, "COLUMNS": "250"}, "rollouts")  # one line per rollout
+    assert res.returncode == 0, res.stderr
+    row = next(line for line in res.stdout.splitlines() if MODEL in line)
+    for cell in ("running", "canary", "2/2", "50 %", "v1 0.500", "v2 1.000", "50/50"):
+        assert cell in row, (cell, row)
