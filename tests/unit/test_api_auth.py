@@ -26,7 +26,7 @@ KEYS = [
     ApiKey(name="dashboard", sha256=hash_key(READER), scopes=("read",)),
 ]
 FEEDBACK = {"learner": "ctr", "features": {"price": 9.5}, "label": True}
-READ_ROUTES = ["/v1/learners", "/v1/models", "/v1/lag"]
+READ_ROUTES = ["/v1/learners", "/v1/models", "/v1/lag", "/v1/rollouts"]
 WRITE_ROUTES = ["/v1/feedback", "/v1/predictions", "/v1/conversations"]
 
 

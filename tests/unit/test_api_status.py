@@ -173,7 +173,8 @@ def test_healthz_is_always_ok(gw: Harness) -> None:
 def test_openapi_describes_every_route_and_the_event_bodies(gw: Harness) -> None:
     doc = gw.client.get("/openapi.json").json()
     assert set(doc["paths"]) >= {"/v1/feedback", "/v1/predictions", "/v1/conversations", "/v1/learners",
-                                 "/v1/learners/{name}/history", "/v1/models", "/v1/lag", "/healthz", "/readyz",
+                                 "/v1/learners/{name}/history", "/v1/models", "/v1/lag", "/v1/rollouts", "/healthz",
+                                 "/readyz",
                                  "/metrics"}
     history = doc["paths"]["/v1/learners/{name}/history"]["get"]
     assert history["responses"]["200"]["content"]["application/json"]["schema"] == {
@@ -212,3 +213,14 @@ def test_the_status_page_is_self_contained(gw: Harness) -> None:
     for route in ("v1/learners", "v1/lag", "v1/models"):
         assert f'"{route}"' in script.text
     assert "innerHTML" not in script.text  # server data goes in as text only
+
+
+def test_rollouts_without_the_tables_is_a_503_that_says_what_to_do(gw: Harness, tmp_path: Path) -> None:
+    db = tmp_path / "learnloop.db"
+    assert gw.client.get("/v1/rollouts", headers=AUTH).json() == {"rollouts": []}
+    assert not db.exists()  # a GET creates no database
+    db.touch()  # a database the migrations never ran on
+    res = gw.client.get("/v1/rollouts", headers=AUTH)
+    assert res.status_code == 503, res.text
+    assert res.json()["detail"].startswith("database unusable during listing rollouts: no such table: rollouts")
+    assert "migrate upgrade" in res.json()["detail"]

@@ -212,7 +212,12 @@ def status_router() -> APIRouter:
     async def rollouts(_: ReadCaller, gateway: GatewayDep) -> dict[str, Any]:
         def read() -> list[dict[str, Any]]:
             from workers.rollouts.store import RolloutStore
+            from workers.store.config import database_url
             from workers.store.engine import engine_for
+
+            url = database_url(gateway.settings.database, gateway.settings.data_dir)
+            if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+                return []  # opening it would create an empty database as a side effect of a GET
 
             with _registry_lock:
                 if not rollout_stores:  # one engine for the process, made on first use
