@@ -55,7 +55,7 @@ class PredictionLog:
         self.metrics = metrics
         self._producer = producer
         self._own_producer = producer is None
-        self._queue: collections.deque[LogEntry] = collections.deque()
+        self._queue: collections.deque[LogEntry | PredictionEvent] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._wake_pending = False
@@ -93,7 +93,8 @@ class PredictionLog:
         if self._producer is not None:
             await self._producer.flush()
 
-    def enqueue(self, entry: LogEntry) -> None:
+    def enqueue(self, entry: LogEntry | PredictionEvent) -> None:
+        """Queue an entry to log: an online prediction, or a ready event (a registered model's answer)."""
         if len(self._queue) >= self.capacity or self._stopped:
             self.metrics.prediction_logs_dropped.labels("stopped" if self._stopped else "buffer_full").inc()
             return
@@ -120,21 +121,25 @@ class PredictionLog:
         counts: collections.Counter[str] = collections.Counter()
         invalid = 0
         while self._queue:
-            prediction, features, text, subject_id = self._queue.popleft()
-            try:
-                event = _prediction_event(prediction, features, text, subject_id, self.source)
-            except ValidationError as exc:
-                invalid += 1
-                if invalid == 1:
-                    log.warning("prediction %s not logged: %s", prediction.prediction_id, _first_error(exc))
-                continue
+            entry = self._queue.popleft()
+            if isinstance(entry, PredictionEvent):
+                event = entry
+            else:
+                prediction, features, text, subject_id = entry
+                try:
+                    event = _prediction_event(prediction, features, text, subject_id, self.source)
+                except ValidationError as exc:
+                    invalid += 1
+                    if invalid == 1:
+                        log.warning("prediction %s not logged: %s", prediction.prediction_id, _first_error(exc))
+                    continue
             try:
                 await self._producer.send(event)
             except KafkaError as exc:
                 self.metrics.prediction_logs_dropped.labels("send_failed").inc()
-                log.error("prediction %s not logged: %r", prediction.prediction_id, exc)
+                log.error("prediction %s not logged: %r", event.prediction_id, exc)
                 continue
-            counts[prediction.learner] += 1
+            counts[event.learner] += 1
         if invalid:
             self.metrics.prediction_logs_dropped.labels("invalid").inc(invalid)
         for learner, n in counts.items():

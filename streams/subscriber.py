@@ -9,6 +9,12 @@ Django, scripts) with its own event loop in a daemon thread.
 The subscriber is a *reader*, not a processor: it never produces, so a record
 it cannot read is logged and skipped (not dead-lettered), and a version that
 fails to load is logged while the loaded one keeps serving.
+
+It also follows ``learnloop.rollouts``: while a rollout of a followed model runs, the
+champion and challenger versions it names are both loaded, and ``predict``/``serve`` route
+every input the way the gateway does (``streams.routing``): canary/ab by the sticky
+assignment, shadow with the challenger predicting a copy that is handed to
+``on_prediction`` (logged, never returned).
 """
 
 from __future__ import annotations
@@ -19,17 +25,19 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas import InvalidEvent, ModelUpdate, parse_event
+from schemas import InvalidEvent, ModelUpdate, PredictionEvent, RolloutEvent, parse_event
 from schemas.errors import LearnloopError
 from streams.config import KafkaConfig
 from streams.loopthread import BlockingClient
+from streams.routed import RoutedServing
+from streams.routing import RoutedPrediction, wanted_versions
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -37,9 +45,12 @@ log = logging.getLogger(__name__)
 Loader = Callable[[str], Any]
 """Turns an update's ``uri`` into an object with ``predict(inputs)``."""
 OnSwap = Callable[[str, ModelUpdate], None]
+OnPrediction = Callable[[PredictionEvent], None]
+"""Takes each prediction ``serve`` makes (answers and shadow copies), e.g. to log it; must not block."""
 
 _POLL_MS = 500
 _CATCH_UP_IDLE_POLLS = 3  # empty polls after which catch-up ends even if an end offset was not reached
+_ROLLOUT_TOPIC_CHECK_POLLS = 20  # without the rollout topic yet: look for it every 20 polls (~10 s idle)
 
 
 class ModelNotReady(LearnloopError):
@@ -116,11 +127,17 @@ class ModelSubscriber:
         group_id: str | None = None,
         on_swap: OnSwap | None = None,
         max_fallbacks: int = 3,
+        every_model: str | None = None,
+        on_prediction: OnPrediction | None = None,
+        source: str = "subscriber",
     ) -> None:
-        if not models:
+        if not models and every_model is None:
             raise ValueError("follow at least one model, e.g. {'sea-text': 'champion'}")
         self.kafka = kafka
         self.models = dict(models)
+        # every_model: follow this alias of every fine-tuned model announced (the gateway serves them all).
+        self.every_model = every_model
+        self.known: set[str] = set(self.models)  # every model announced or followed: others are unknown
         self.loader: Loader = loader or load_mlflow_model
         self.topics = topics or Topics(kafka.topic_prefix)
         self.group_id = group_id
@@ -131,6 +148,10 @@ class ModelSubscriber:
         self._served: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._ready = {name: asyncio.Event() for name in self.models}
+        self._announced: dict[tuple[str, str], ModelUpdate] = {}  # (model, version) -> its announcement
+        self._rollouts: dict[str, RolloutEvent] = {}
+        self._pinned: dict[tuple[str, str], ServedModel] = {}  # versions a rollout needs, loaded by version
+        self.routing = RoutedServing(self, on_prediction=on_prediction, source=source)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -146,9 +167,48 @@ class ModelSubscriber:
             raise ModelNotReady(f"no version of {model!r} (alias {self.models[model]!r}) is loaded yet")
         return served
 
-    def predict(self, model: str, inputs: Any) -> Any:
-        """Predict with the loaded version of ``model``; a swap never interrupts a call in progress."""
-        return self.get(model).predict(inputs)
+    def predict(self, model: str, inputs: Any, *, subject_ids: Sequence[str | None] | None = None) -> Any:
+        """Predict with the version that answers each input; a swap never interrupts a call in progress.
+
+        Without a running rollout of ``model`` that is the loaded version, and the output is the
+        model's own. While one runs, each input goes to its arm (sticky by its subject id, else
+        random per call) and the outputs come back in input order; use ``serve`` to learn which
+        version answered which input, with prediction ids to join feedback to.
+        """
+        return self.routing.predict(model, inputs, subject_ids)
+
+    def serve(
+        self, model: str, texts: Sequence[str], *, subject_ids: Sequence[str | None] | None = None
+    ) -> list[RoutedPrediction]:
+        """Answer each text as a rollout routes it: label, probability, version, arm and a prediction id.
+
+        Each answer (and, in shadow mode, the challenger's copy) goes to ``on_prediction``.
+        """
+        return self.routing.serve(model, texts, subject_ids)
+
+    def rollout(self, model: str) -> RolloutEvent | None:
+        """The latest rollout state of ``model`` (None: none was ever announced)."""
+        with self._lock:
+            return self._rollouts.get(model)
+
+    def version(self, model: str, version: str) -> ServedModel | None:
+        """A loaded version of ``model``: the served one, or one a rollout pinned."""
+        with self._lock:
+            served = self._served.get(model)
+            if served is not None and served.version == version:
+                return served
+            return self._pinned.get((model, version))
+
+    def announced_version(self, model: str, alias: str) -> str | None:
+        """The latest version announced for ``alias`` of ``model`` (loaded or not)."""
+        versions = [v for (m, v), u in list(self._announced.items()) if m == model and u.alias == alias]
+        return versions[-1] if versions else None
+
+    def loaded_versions(self, model: str) -> frozenset[str]:
+        with self._lock:
+            served = self._served.get(model)
+            pinned = {v for (m, v) in self._pinned if m == model}
+        return frozenset(pinned | ({served.version} if served is not None else set()))
 
     def current(self, model: str) -> ModelUpdate | None:
         with self._lock:
@@ -174,6 +234,7 @@ class ModelSubscriber:
         self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
+        self.routing.close()
         if self._task is not None:
             self._task.cancel()  # a load in progress finishes in its thread and is dropped
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged when it happened
@@ -192,6 +253,8 @@ class ModelSubscriber:
 
     async def wait_ready(self, model: str, timeout: float = 60.0) -> ServedModel:
         """Wait until a version of ``model`` is loaded; ``ModelNotReady`` after ``timeout`` seconds."""
+        if self.every_model is not None:
+            self._ready.setdefault(model, asyncio.Event())
         if model not in self._ready:
             raise ModelNotReady(f"model {model!r} is not followed (following: {', '.join(self.models)})")
         waiter = asyncio.ensure_future(self._ready[model].wait())
@@ -221,22 +284,52 @@ class ModelSubscriber:
             idle = 0 if batch else idle + 1
             self._collect(batch, pending)
         await self._apply_all(consumer, pending)
+        await self._pin_rollout_versions()
         log.info("model subscriber caught up: %s", {m: self._version(m) for m in self.models})
+        polls = 0
         while True:
             pending = {}
+            rollouts = len(self._rollouts), [r.decided_at for r in self._rollouts.values()]
             self._collect(await self._poll(consumer), pending)
             if pending:
                 await self._apply_all(consumer, pending)
+            if pending or rollouts != (len(self._rollouts), [r.decided_at for r in self._rollouts.values()]):
+                await self._pin_rollout_versions()
+            polls += 1
+            if polls % _ROLLOUT_TOPIC_CHECK_POLLS == 0 and all(tp.topic != self.topics.rollouts for tp in tps):
+                tps = await self._add_rollout_partitions(consumer, tps)
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         topic = self.topics.model_updates
         while True:  # nothing announced yet: the topic may not exist
             parts = consumer.partitions_for_topic(topic)
             if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
+                rollouts = consumer.partitions_for_topic(self.topics.rollouts) or set()
+                return [TopicPartition(topic, p) for p in sorted(parts)] + [
+                    TopicPartition(self.topics.rollouts, p) for p in sorted(rollouts)
+                ]
             with contextlib.suppress(KafkaError):
                 await consumer._client.force_metadata_update()
             await asyncio.sleep(0.5)
+
+    async def _add_rollout_partitions(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """Read the rollout topic once it exists (a subscriber may start before the first rollout)."""
+        try:
+            parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(self.topics.rollouts)
+        except KafkaError:
+            return tps
+        if not parts:
+            return tps
+        positions = {tp: await consumer.position(tp) for tp in tps}
+        added = [TopicPartition(self.topics.rollouts, p) for p in sorted(parts)]
+        consumer.assign([*tps, *added])
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        await consumer.seek_to_beginning(*added)
+        log.info("following rollouts on %s", self.topics.rollouts)
+        return [*tps, *added]
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         try:
@@ -259,6 +352,9 @@ class ModelSubscriber:
             try:
                 if rec.value is None:
                     raise InvalidEvent("record has no value", reason="invalid_json")
+                if rec.topic == self.topics.rollouts:
+                    self._follow_rollout(parse_event(rec.value, RolloutEvent))
+                    continue
                 update = parse_event(rec.value, ModelUpdate)
             except InvalidEvent as error:
                 self.skipped_records += 1
@@ -266,8 +362,43 @@ class ModelSubscriber:
                     "skipping record %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, error, error.reason
                 )
                 continue
+            if update.kind == "fine-tuned" and self.every_model is not None and update.model not in self.models:
+                self.models[update.model] = self.every_model
+                self._ready.setdefault(update.model, asyncio.Event())
+            if update.model in self.models:
+                self.known.add(update.model)
+                self._announced[(update.model, update.version)] = update
             if self.models.get(update.model) == update.alias:
                 pending.setdefault(update.model, []).append(update)
+
+    def _follow_rollout(self, event: RolloutEvent) -> None:
+        with self._lock:
+            self._rollouts[event.model] = event
+        if event.model in self.models:
+            log.info("%s rollout %s: %s %s at %g %% (champion %s, challenger %s)", event.model, event.rollout_id,
+                     event.state, event.mode, event.share, event.champion_version, event.challenger_version)
+
+    async def _pin_rollout_versions(self) -> None:
+        """Load the versions running rollouts route to; unload those no rollout needs any more."""
+        for model in list(self.models):
+            wanted = wanted_versions(self.rollout(model))
+            with self._lock:
+                for key in [k for k in self._pinned if k[0] == model and k[1] not in wanted]:
+                    del self._pinned[key]
+            for version in sorted(wanted - self.loaded_versions(model)):
+                update = self._announced.get((model, version)) or ModelUpdate(
+                    source="subscriber", model=model, version=version, kind="fine-tuned",
+                    uri=f"models:/{model}/{version}", alias="challenger",
+                )  # fmt: skip
+                try:
+                    loaded = await asyncio.to_thread(self.loader, update.uri)
+                except Exception:  # the champion keeps answering every input until the version loads
+                    self.load_failures[model] = self.load_failures.get(model, 0) + 1
+                    log.exception("%s version %s (rollout) failed to load; the champion answers", model, version)
+                    continue
+                with self._lock:
+                    self._pinned[(model, version)] = ServedModel(update, loaded)
+                log.info("%s: version %s loaded for its rollout", model, version)
 
     async def _apply_all(self, consumer: AIOKafkaConsumer, pending: dict[str, list[ModelUpdate]]) -> None:
         for model, updates in pending.items():
@@ -288,6 +419,10 @@ class ModelSubscriber:
         for update in reversed(fresh):  # newest first; a re-announced version is tried once
             candidates.setdefault(update.version, update)
         for update in list(candidates.values())[: 1 + self.max_fallbacks]:
+            pinned = self.version(model, update.version)
+            if pinned is not None:  # a promoted challenger is loaded already
+                self._swap(model, ServedModel(update, pinned.model))
+                return
             try:
                 loaded = await asyncio.to_thread(self.loader, update.uri)
             except Exception:  # any loader failure: the served model must survive it

@@ -24,6 +24,7 @@ from workers.api.metrics import ApiMetrics, RequestMetrics
 from workers.api.openapi import install_openapi
 from workers.api.ports import EventPublisher, HistoryStore, KafkaPublisher, ServingModels, StatusStore
 from workers.api.predict import predict_router
+from workers.api.registered import registered_router
 from workers.api.status import status_router
 from workers.feedback.redis_store import RedisStore
 from workers.settings import Settings
@@ -116,6 +117,11 @@ def create_app(
                 # Started last, so stopped first: the predictions it still has to log go out on `kafka`.
                 gateway.models = await start_serving(settings, owned, producer=kafka, metrics=serving_metrics)
                 owned.callback(setattr, gateway, "models", None)
+                assert serving_metrics is not None
+                from workers.api.registered import start_registered
+
+                gateway.registered = await start_registered(settings, owned, producer=kafka, metrics=serving_metrics)
+                owned.callback(setattr, gateway, "registered", None)
             yield
 
     app = FastAPI(
@@ -130,6 +136,7 @@ def create_app(
     app.state.gateway = gateway
     app.include_router(ingest_router(config.max_batch))
     app.include_router(predict_router(config.max_batch))
+    app.include_router(registered_router(config.max_batch))
     app.include_router(status_router())
     app.include_router(jobs_router())
     app.add_middleware(RequestMetrics, metrics=gateway.metrics)

@@ -28,6 +28,8 @@ class Gateway:
     store: StatusStore | None = None
     models: ServingModels | None = None
     history: HistoryStore | None = None  # None: the app was given a store of its own and no history
+    # Fine-tuned models (workers.api.registered.RegisteredModels); None: the app was given its own models.
+    registered: Any = None
     # The MLflow registry, made on first use of /v1/models (importing MLflow takes seconds).
     registry: Any = field(default=None, repr=False)
     jobs: Any = field(default=None, repr=False)  # the SQL job store, opened at the first jobs request

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from workers.api.ingest import INGEST_ROUTES
+from workers.api.model_inputs import TextsBody
 from workers.api.predict import PredictInput
 
 SOURCE_NOTE = "The producing application; the gateway uses the API key's name when it is absent."
@@ -26,6 +27,7 @@ def event_components() -> dict[str, Any]:
     """The JSON Schemas of the ingestible events and their parts, keyed by component name."""
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in INGEST_ROUTES.values()]
     models.append((PredictInput, "validation"))
+    models.append((TextsBody, "validation"))
     _, top = models_json_schema(models, by_alias=True, ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = top["$defs"]
     for model in INGEST_ROUTES.values():
