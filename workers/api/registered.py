@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from schemas import FeatureValue
 from streams.metrics import PredictorMetrics
+from streams.mlflow_models import ColumnInput
 from streams.prediction_log import PredictionLog
 from streams.producer import EventProducer
 from streams.routing import RoutedPrediction
@@ -104,7 +105,7 @@ def mlflow_loader(tracking_uri: str) -> Callable[[str], Any]:
 
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
-        return load_pyfunc(uri)
+        return ColumnInput(load_pyfunc(uri))
 
     return load
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from learners.evaluation import EvalReport, evaluate, gate, grade, quantization_effect
-from learners.finetune import FineTuneConfig, TextData, fine_tune
+from learners.finetune import FineTuneConfig, TextData, base_model_identity, fine_tune
 from learners.textclf import TextClassifier, quantize_dynamic
 from schemas import ModelUpdate
 from workers.store.datasets import Dataset, DatasetInvalid, build_dataset, split
@@ -137,9 +137,10 @@ class TrainingPipeline:
                 run.log_artifact_dir(q, "int8")
             letter = grade(candidate)
             progress({"stage": "register"})
+            # No alias tag: aliases move (promotion, rollback), a tag would go stale; read them from the registry.
             version = self.registry.register(
-                run, ft.model_dir, job.model,
-                tags={"grade": letter, "alias": decision.alias, "reason": job.reason},
+                run, ft.model_dir, job.model, tags={"grade": letter, "reason": job.reason},
+                base_model=base_model_identity(self.finetune),
             )
             # Only a fully registered version ever gets an alias.
             self.registry.set_alias(job.model, decision.alias, version)

@@ -58,6 +58,11 @@ SERVING_MODEL = Path(__file__).with_name("serving_model.py")
 JOB_TAG = "learnloop.job_id"
 """Run and version tag holding the training job id (crash recovery looks versions up by it)."""
 MODEL_TAG = "learnloop.model"
+BASE_MODEL_TAG = "learnloop.base_model"
+BASE_REVISION_TAG = "learnloop.base_model_revision"
+"""Version tags naming the base model a version was fine-tuned from, and its revision."""
+INPUT_COLUMN = "text"
+"""The one input column of every registered text model (its signature refuses any other)."""
 SERVING_REQUIREMENTS = ("mlflow", "torch", "transformers", "pandas", "numpy")
 """Pinned into every version's requirements: inferring them costs seconds per model."""
 _MAX_PARAM = 6000  # MLflow's limit on a parameter value
@@ -158,27 +163,45 @@ class ModelRegistry:
         self.client.set_terminated(handle.run_id, status="FINISHED")
 
     def register(
-        self, run: TrainingRun, model_dir: Path, model_name: str, *, tags: Mapping[str, str] | None = None
+        self,
+        run: TrainingRun,
+        model_dir: Path,
+        model_name: str,
+        *,
+        tags: Mapping[str, str] | None = None,
+        base_model: Mapping[str, str] | None = None,
     ) -> str:
         """Log ``model_dir`` as the serving model of ``run``; register it as a new version of ``model_name``.
 
         The version is tagged with the job id in the same call that creates it, so a
         worker that crashes after this line finds it again with ``version_for_job``.
+        ``base_model`` (``name`` and ``revision``, see ``learners.finetune.base_model_identity``)
+        is tagged on the version and kept in the model's metadata; without it, the
+        ``_name_or_path`` of the folder's config and a hash of its files stand in.
         """
         signature = _signature(_read_labels(model_dir))
-        version_tags = {**{k: str(v) for k, v in (tags or {}).items()}, JOB_TAG: run.job_id, MODEL_TAG: model_name}
+        base = dict(base_model) if base_model is not None else _folder_identity(model_dir)
+        version_tags = {
+            **{k: str(v) for k, v in (tags or {}).items()},
+            JOB_TAG: run.job_id,
+            MODEL_TAG: model_name,
+            BASE_MODEL_TAG: base["name"],
+            BASE_REVISION_TAG: base["revision"],
+        }
         with self._fluent():
             # log_model attaches the model to the fluent API's active run, so make ours the active one.
             with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
-                # The signature documents outputs and params; an input example would cost a prediction.
-                warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+                # MLflow turns the example's index into a list with a pandas operation that pandas deprecates.
+                warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+                # The input example is what `mlflow models serve` documents and checks the signature against.
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(SERVING_MODEL),
                     artifacts={"model_dir": str(model_dir)},
                     pip_requirements=pinned_requirements(),
                     signature=signature,
-                    metadata={"learnloop_job_id": run.job_id},
+                    input_example=_input_example(),
+                    metadata={"learnloop_job_id": run.job_id, "base_model": base},
                 )
             version = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
         log.info("registered %s version %s (run %s)", model_name, version.version, run.run_id)
@@ -360,19 +383,34 @@ def _read_labels(model_dir: Path) -> list[Any]:
 
 
 def _signature(labels: list[Any]) -> ModelSignature:
-    """Outputs and params only: the serving model checks its input itself.
+    """One required string column ``text`` in; ``label`` and ``probability`` out; ``batch_size``.
 
-    An input schema would make MLflow reject a plain list of strings (named
-    ``text`` column) or silently keep only the first column of a DataFrame
-    (unnamed column), and the model accepts both a list and a ``text`` column.
+    The named column is the contract of ``mlflow models serve``: ``{"inputs": {"text": [...]}}``,
+    ``{"instances": [{"text": ...}]}`` and ``dataframe_split``/``dataframe_records`` with a
+    ``text`` column are served, a body with any other column is refused with MLflow's
+    "Model is missing inputs ['text']" (extra columns beside ``text`` are ignored). A plain list
+    of strings is not a column: pass ``{"text": [...]}`` (the subscriber SDK does that for a list).
     """
     import pandas as pd
 
     kinds = {type(label) for label in labels}
     example_labels = pd.Series(labels[:2], dtype=object if len(kinds) > 1 else None)
     output = pd.DataFrame({"label": example_labels, "probability": [0.5] * len(example_labels)})
-    inferred = infer_signature(pd.DataFrame({"text": ["an example"] * len(output)}), output, params={"batch_size": 32})
-    return ModelSignature(inputs=None, outputs=inferred.outputs, params=inferred.params)
+    inferred = infer_signature(_input_example().head(len(output)), output, params={"batch_size": 32})
+    return ModelSignature(inputs=inferred.inputs, outputs=inferred.outputs, params=inferred.params)
+
+
+def _input_example() -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({INPUT_COLUMN: ["an example text to classify", "another one"]})
+
+
+def _folder_identity(model_dir: Path) -> dict[str, str]:
+    """A stand-in base-model identity for a folder registered without one: its config's name and a hash."""
+    from learners.finetune import FineTuneConfig, base_model_identity
+
+    return base_model_identity(FineTuneConfig(base_model=str(model_dir)))
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -8,8 +8,10 @@ artifact, ``model_dir``, is a Hugging Face folder written by
 ``{"labels": [<original label values in class-id order>]}``, so a label that
 was ``true`` or ``3`` on the wire comes back as ``True`` or ``3``, not ``"True"``.
 
-``predict`` takes a DataFrame with a ``text`` column, a list of strings or a
-Series and returns a DataFrame with ``label`` and ``probability`` (of that label).
+``predict`` takes a DataFrame with a ``text`` column (the signature's one input, which
+MLflow enforces: another column name is refused), also in columnar form
+``{"text": [...]}``, and returns a DataFrame with ``label`` and ``probability`` (of that
+label). Called directly (without MLflow's schema check) it also takes a list or a Series.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ def as_texts(model_input: Any) -> list[str]:
         values = list(model_input)
     else:
         raise TypeError(f"expected a DataFrame with a 'text' column or a list of strings, not {type(model_input)}")
+    if len(values) == 1 and isinstance(values[0], list | tuple | np.ndarray):
+        # Columnar input, {"text": [...]} (``{"inputs": {"text": [...]}}`` when served), arrives as one row
+        # holding the whole column.
+        values = list(values[0])
     bad = next((v for v in values if not isinstance(v, str)), None)
     if bad is not None:
         raise TypeError(f"every text must be a string, got {type(bad).__name__}: {bad!r}")
