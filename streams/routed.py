@@ -9,6 +9,7 @@ challenger never delays or changes an answer, and a full backlog drops copies (c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -16,8 +17,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from schemas import PredictionEvent
-from streams.routing import Route, RoutedPrediction, failed_event, new_prediction_id, route, rows
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas import ModelUpdate, PredictionEvent
+from streams.routing import Route, RoutedPrediction, failed_event, new_prediction_id, route, rows, wanted_versions
 
 if TYPE_CHECKING:
     from streams.subscriber import ModelSubscriber, ServedModel
@@ -144,6 +148,46 @@ class RoutedServing:
             pool, self._shadow_pool = self._shadow_pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def pin_rollout_versions(sub: ModelSubscriber) -> None:
+    """Load the versions running rollouts route to; unload those no rollout needs any more."""
+    for model in list(sub.models):
+        wanted = wanted_versions(sub.rollout(model))
+        sub.unpin(model, keep=wanted)
+        for version in sorted(wanted - sub.loaded_versions(model)):
+            update = sub.announcement(model, version) or ModelUpdate(
+                source="subscriber", model=model, version=version, kind="fine-tuned",
+                uri=f"models:/{model}/{version}", alias="challenger",
+            )  # fmt: skip
+            try:
+                loaded = await asyncio.to_thread(sub.loader, update.uri)
+            except Exception:  # the champion keeps answering every input until the version loads
+                sub.load_failures[model] = sub.load_failures.get(model, 0) + 1
+                log.exception("%s version %s (rollout) failed to load; the champion answers", model, version)
+                continue
+            sub.pin(update, loaded)
+            log.info("%s: version %s loaded for its rollout", model, version)
+
+
+async def add_rollout_partitions(
+    consumer: AIOKafkaConsumer, topic: str, tps: list[TopicPartition]
+) -> list[TopicPartition]:
+    """Read the rollout topic once it exists (a subscriber may start before the first rollout)."""
+    try:
+        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+    except KafkaError:
+        return tps
+    if not parts:
+        return tps
+    positions = {tp: await consumer.position(tp) for tp in tps}
+    added = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign([*tps, *added])
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    await consumer.seek_to_beginning(*added)
+    log.info("following rollouts on %s", topic)
+    return [*tps, *added]
 
 
 def _subjects(subject_ids: Sequence[str | None] | None, n: int) -> list[str | None]:

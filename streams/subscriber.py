@@ -33,10 +33,9 @@ from aiokafka.errors import KafkaError
 from schemas import InvalidEvent, ModelUpdate, PredictionEvent, RolloutEvent, parse_event
 from schemas.errors import LearnloopError
 from streams.config import KafkaConfig
-from streams.loopthread import BlockingClient
 from streams.mlflow_models import load_mlflow_model
-from streams.routed import RoutedServing
-from streams.routing import RoutedPrediction, wanted_versions
+from streams.routed import RoutedServing, add_rollout_partitions, pin_rollout_versions
+from streams.routing import RoutedPrediction
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -183,6 +182,19 @@ class ModelSubscriber:
                 return served
             return self._pinned.get((model, version))
 
+    def announcement(self, model: str, version: str) -> ModelUpdate | None:
+        return self._announced.get((model, version))
+
+    def pin(self, update: ModelUpdate, loaded: Any) -> None:
+        """Hold a version a rollout routes to, beside the served one."""
+        with self._lock:
+            self._pinned[(update.model, update.version)] = ServedModel(update, loaded)
+
+    def unpin(self, model: str, *, keep: frozenset[str]) -> None:
+        with self._lock:
+            for key in [k for k in self._pinned if k[0] == model and k[1] not in keep]:
+                del self._pinned[key]
+
     def announced_version(self, model: str, alias: str) -> str | None:
         """The latest version announced for ``alias`` of ``model`` (loaded or not)."""
         versions = [v for (m, v), u in list(self._announced.items()) if m == model and u.alias == alias]
@@ -268,7 +280,7 @@ class ModelSubscriber:
             idle = 0 if batch else idle + 1
             self._collect(batch, pending)
         await self._apply_all(consumer, pending)
-        await self._pin_rollout_versions()
+        await pin_rollout_versions(self)
         log.info("model subscriber caught up: %s", {m: self._version(m) for m in self.models})
         polls = 0
         while True:
@@ -278,10 +290,10 @@ class ModelSubscriber:
             if pending:
                 await self._apply_all(consumer, pending)
             if pending or rollouts != (len(self._rollouts), [r.decided_at for r in self._rollouts.values()]):
-                await self._pin_rollout_versions()
+                await pin_rollout_versions(self)
             polls += 1
             if polls % _ROLLOUT_TOPIC_CHECK_POLLS == 0 and all(tp.topic != self.topics.rollouts for tp in tps):
-                tps = await self._add_rollout_partitions(consumer, tps)
+                tps = await add_rollout_partitions(consumer, self.topics.rollouts, tps)
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         topic = self.topics.model_updates
@@ -295,25 +307,6 @@ class ModelSubscriber:
             with contextlib.suppress(KafkaError):
                 await consumer._client.force_metadata_update()
             await asyncio.sleep(0.5)
-
-    async def _add_rollout_partitions(
-        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-    ) -> list[TopicPartition]:
-        """Read the rollout topic once it exists (a subscriber may start before the first rollout)."""
-        try:
-            parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(self.topics.rollouts)
-        except KafkaError:
-            return tps
-        if not parts:
-            return tps
-        positions = {tp: await consumer.position(tp) for tp in tps}
-        added = [TopicPartition(self.topics.rollouts, p) for p in sorted(parts)]
-        consumer.assign([*tps, *added])
-        for tp, offset in positions.items():
-            consumer.seek(tp, offset)
-        await consumer.seek_to_beginning(*added)
-        log.info("following rollouts on %s", self.topics.rollouts)
-        return [*tps, *added]
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
         try:
@@ -361,28 +354,6 @@ class ModelSubscriber:
         if event.model in self.models:
             log.info("%s rollout %s: %s %s at %g %% (champion %s, challenger %s)", event.model, event.rollout_id,
                      event.state, event.mode, event.share, event.champion_version, event.challenger_version)
-
-    async def _pin_rollout_versions(self) -> None:
-        """Load the versions running rollouts route to; unload those no rollout needs any more."""
-        for model in list(self.models):
-            wanted = wanted_versions(self.rollout(model))
-            with self._lock:
-                for key in [k for k in self._pinned if k[0] == model and k[1] not in wanted]:
-                    del self._pinned[key]
-            for version in sorted(wanted - self.loaded_versions(model)):
-                update = self._announced.get((model, version)) or ModelUpdate(
-                    source="subscriber", model=model, version=version, kind="fine-tuned",
-                    uri=f"models:/{model}/{version}", alias="challenger",
-                )  # fmt: skip
-                try:
-                    loaded = await asyncio.to_thread(self.loader, update.uri)
-                except Exception:  # the champion keeps answering every input until the version loads
-                    self.load_failures[model] = self.load_failures.get(model, 0) + 1
-                    log.exception("%s version %s (rollout) failed to load; the champion answers", model, version)
-                    continue
-                with self._lock:
-                    self._pinned[(model, version)] = ServedModel(update, loaded)
-                log.info("%s: version %s loaded for its rollout", model, version)
 
     async def _apply_all(self, consumer: AIOKafkaConsumer, pending: dict[str, list[ModelUpdate]]) -> None:
         for model, updates in pending.items():
@@ -439,43 +410,10 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.error("model subscriber stopped; the loaded models keep serving", exc_info=task.exception())
 
 
-class SyncModelSubscriber(BlockingClient[ModelSubscriber]):
-    """Blocking wrapper around :class:`ModelSubscriber` for threaded serving apps.
+def __getattr__(name: str) -> Any:
+    # The blocking wrapper lives in its own module; this keeps `from streams.subscriber import SyncModelSubscriber`.
+    if name == "SyncModelSubscriber":
+        from streams.subscriber_sync import SyncModelSubscriber
 
-    A private event loop runs in a daemon thread; ``predict``, ``get`` and
-    ``current`` are thread-safe and do not touch that loop. ``on_swap`` runs in
-    the subscriber's thread.
-    """
-
-    def __init__(
-        self,
-        kafka: KafkaConfig,
-        models: Mapping[str, str],
-        *,
-        loader: Loader | None = None,
-        topics: Topics | None = None,
-        group_id: str | None = None,
-        on_swap: OnSwap | None = None,
-        max_fallbacks: int = 3,
-    ) -> None:
-        subscriber = ModelSubscriber(
-            kafka, models, loader=loader, topics=topics, group_id=group_id, on_swap=on_swap,
-            max_fallbacks=max_fallbacks,
-        )  # fmt: skip
-        super().__init__(subscriber, "learnloop-subscriber")
-
-    @property
-    def subscriber(self) -> ModelSubscriber:
-        return self._async
-
-    def wait_ready(self, model: str, timeout: float = 60.0) -> ServedModel:
-        return self._call(self._async.wait_ready(model, timeout))
-
-    def get(self, model: str) -> ServedModel:
-        return self._async.get(model)
-
-    def predict(self, model: str, inputs: Any) -> Any:
-        return self._async.predict(model, inputs)
-
-    def current(self, model: str) -> ModelUpdate | None:
-        return self._async.current(model)
+        return SyncModelSubscriber
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
