@@ -322,7 +322,8 @@ class ModelSubscriber:
 
     def _collect(self, records: list[ConsumerRecord[bytes, bytes]], pending: dict[str, list[ModelUpdate]]) -> None:
         for rec in records:
-            if rec.key is not None and rec.key.decode(errors="replace") not in self.models:
+            if (self.every_model is None and rec.key is not None
+                    and rec.key.decode(errors="replace") not in self.models):  # fmt: skip
                 # Keyed by model: another model's update, not parsed. The feedback worker announces
                 # every learner about once a second, so most records of the topic are these.
                 continue
