@@ -169,6 +169,8 @@ async def test_route_refuses_then_serves_every_body_form(
     assert {(events[i].learner, events[i].model, events[i].model_version, events[i].prediction) for i in ids} == {
         (MODEL, MODEL, v1, "A")
     }
+    metrics = (await http.get("/metrics")).text
+    assert f'learnloop_api_predictions_total{{learner="{MODEL}"}} {float(len(ids))}' in metrics
     doc = (await http.get("/openapi.json")).json()
     assert "/v1/models/{name}/predict" in doc["paths"] and "TextsBody" in doc["components"]["schemas"]
 

@@ -148,6 +148,7 @@ def _endpoint() -> Any:
         answers = [ModelPrediction(prediction_id=p.prediction_id, model=p.model, model_version=p.model_version,
                                    label=p.label, probability=p.probability, subject_id=p.subject_id, arm=p.arm,
                                    rollout_id=p.rollout_id) for p in served]  # fmt: skip
+        gateway.metrics.predictions.labels(name).inc(len(answers))  # labelled by the model's name
         return JSONResponse(ModelPredictions(predictions=answers).model_dump(mode="json"))
 
     return predict
