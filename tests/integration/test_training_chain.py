@@ -7,6 +7,7 @@ shipped MiniLM for a few steps, real broker for the announcement.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -243,3 +244,23 @@ async def test_a_candidate_that_beats_the_champion_is_rolled_out_not_promoted(ri
     updates = [parse_event(r.value, ModelUpdate) for r in records]
     assert [(u.version, u.alias, u.rollout) for u in sorted(updates, key=lambda u: u.version)] == [
         ("1", "champion", False), ("2", "challenger", True)]
+
+
+async def test_an_int8_copy_is_reported_against_its_parent_in_mlflow_and_models_json(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.store.add_many(sentiment_samples(400))
+    rig.config = TrainerConfig(settle_s=0, min_samples=100, min_per_class=10, quantize=True)
+    outcome = await rig.run_one(rig.trainer(), request())
+    assert outcome["status"] == "succeeded", outcome["error"]
+    [row] = rig.registry.versions("answers-text")
+    metrics = row["metrics"]
+    for key in ("size_bytes", "nonzero_params", "latency_b1_p50_ms", "latency_b32_p95_ms", "throughput_per_s"):
+        assert metrics[f"int8_{key}"] > 0 and metrics[f"int8_parent_{key}"] > 0, key
+    assert metrics["int8_size_bytes"] < metrics["int8_parent_size_bytes"]
+    assert metrics["int8_delta_accuracy"] >= -0.02  # only the tolerant layers were quantized
+    monkeypatch.setenv("LEARNLOOP_MLFLOW__TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    res = CliRunner().invoke(app, ["models", "--json", "--model", "answers-text"])
+    assert res.exit_code == 0, res.output
+    [shown] = json.loads(res.output)
+    assert shown["metrics"]["int8_delta_accuracy"] == metrics["int8_delta_accuracy"]

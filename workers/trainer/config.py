@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,4 +42,7 @@ class TrainerConfig(BaseModel):
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     margin: float = Field(default=0.01, ge=0, description="F1 a candidate must gain over the champion")
     alpha: float = Field(default=0.05, gt=0, lt=1, description="significance level of McNemar's test")
-    quantize: bool = Field(default=False, description="also log a dynamic int8 copy with its speed-up")
+    quantize: bool = Field(default=False, description="also log an int8 copy with its report against the float model")
+    quantize_scheme: Literal["dynamic", "static"] = Field(
+        default="dynamic", description="int8 scheme of that copy; static calibrates on the training texts"
+    )

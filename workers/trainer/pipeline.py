@@ -17,9 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from learners.evaluation import EvalReport, evaluate, gate, grade, quantization_effect
+from learners.evaluation import EvalReport, evaluate, gate, grade
 from learners.finetune import FineTuneConfig, TextData, base_model_identity, fine_tune
-from learners.textclf import TextClassifier, quantize_dynamic
+from learners.optimize.quantize import load as load_optimized
+from learners.optimize.quantize import quantize
+from learners.optimize.report import compare
+from learners.textclf import TextClassifier
 from schemas import ModelUpdate
 from workers.store.datasets import Dataset, DatasetInvalid, build_dataset, split
 from workers.store.feedback import FeedbackStore
@@ -130,11 +133,7 @@ class TrainingPipeline:
                 metrics["online_learner_f1"] = online
             run.log_metrics(metrics)
             if self.config.quantize:
-                q = quantize_dynamic(ft.model_dir, Path(tmp) / "int8")
-                q_report = evaluate(TextClassifier.load_quantized(q), list(parts.test.texts),
-                                    _labels(parts.test))
-                run.log_metrics({f"int8_{k}": v for k, v in quantization_effect(candidate, q_report).items()})
-                run.log_artifact_dir(q, "int8")
+                self._int8(run, ft.model_dir, Path(tmp) / "int8", parts)
             letter = grade(candidate)
             progress({"stage": "register"})
             # No alias tag: aliases move (promotion, rollback), a tag would go stale; read them from the registry.
@@ -161,6 +160,17 @@ class TrainingPipeline:
         }
         log.info("job %s: %s version %s → %s (%s)", job.id, job.model, version, decision.alias, decision.reason)
         return JobOutcome(result, update)
+
+    def _int8(self, run: Any, model_dir: Path, out: Path, parts: Any) -> None:
+        """An int8 copy of the candidate (tolerant layers only), reported against it on the test split."""
+        scheme = self.config.quantize_scheme
+        quantize(model_dir, out, scheme=scheme, texts=list(parts.val.texts), labels=_labels(parts.val),
+                 calibration=list(parts.train.texts))
+        report = compare(TextClassifier.load(model_dir), model_dir, load_optimized(out), out,
+                         list(parts.test.texts), _labels(parts.test), method="quantize", params={"scheme": scheme})
+        run.log_metrics(report.metrics("int8_"))
+        run.log_dict("optimization/int8.json", report.to_dict())
+        run.log_artifact_dir(out, "int8")
 
     def _champion_report(self, model: str, version: str | None, test: Dataset, tmp: Path) -> EvalReport | None:
         if version is None:
