@@ -19,6 +19,7 @@ import torch
 
 from bench.training_data import tickets
 from learners.finetune import FineTuneConfig, TextData, fine_tune
+from learners.optimize.prune import prune
 from learners.optimize.quantize import candidate_layers, load, quantize
 from learners.optimize.report import OptimizationReport, compare
 from learners.textclf import TextClassifier
@@ -27,9 +28,18 @@ from learners.textclf import TextClassifier
 SEED_BOUNDS = {"quantize": "2-4x at <2 pts", "prune": "30-50% smaller at <5 pts", "distill": "5-10x at <10 pts"}
 
 
-def methods(val: tuple[list[str], list[bool]], calibration: list[str]) -> dict[str, Callable[[Path, Path], object]]:
+def methods(
+    val: tuple[list[str], list[bool]], train: tuple[list[str], list[bool]], recovery_steps: int
+) -> dict[str, tuple[str, Callable[[Path, Path], object]]]:
+    """Row name -> (method family, writer of the optimized copy)."""
     texts, labels = val
-    return {
+    calibration = train[0]
+
+    def pruned(method: str, sparsity: float) -> Callable[[Path, Path], object]:
+        return lambda src, out: prune(src, out, method=method, sparsity=sparsity, texts=train[0], labels=train[1],
+                                      recovery_steps=recovery_steps)  # fmt: skip
+
+    rows = {
         "int8 dynamic (tolerant layers)": lambda src, out: quantize(src, out, texts=texts, labels=labels),
         "int8 static (tolerant layers)": lambda src, out: quantize(
             src, out, scheme="static", texts=texts, labels=labels, calibration=calibration
@@ -37,6 +47,12 @@ def methods(val: tuple[list[str], list[bool]], calibration: list[str]) -> dict[s
         # The old scheme, for contrast: every encoder linear layer, whatever its sensitivity.
         "int8 dynamic (every layer)": lambda src, out: quantize(src, out, layers=encoder_layers(src)),
         "bf16": lambda src, out: quantize(src, out, scheme="bf16"),
+    }
+    return {
+        **{name: ("quantize", write) for name, write in rows.items()},
+        "magnitude 50% + recovery": ("prune", pruned("magnitude", 0.5)),
+        "structured FFN 30% + recovery": ("prune", pruned("structured", 0.3)),
+        "structured FFN 50% + recovery": ("prune", pruned("structured", 0.5)),
     }
 
 
@@ -75,12 +91,13 @@ def main() -> None:
         print("| method | size | non-zero params | speed-up b1 | speed-up b32 | throughput b32 | Δ accuracy (pts) "
               "| Δ F1 (pts) | Δ log-loss | grade | seed claims |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for name, write in methods(val, list(train.texts)).items():
-            out = Path(tmp) / name.replace(" ", "-")
+        train_pair = (list(train.texts), list(train.labels))
+        for name, (family, write) in methods(val, train_pair, 2 if args.tiny else 100).items():
+            out = Path(tmp) / name.replace(" ", "-").replace("%", "pc")
             write(parent_dir, out)
-            report = compare(parent, parent_dir, load(out, device="cpu"), out, *test, method="quantize",
+            report = compare(parent, parent_dir, load(out, device="cpu"), out, *test, method=family,
                              params={"name": name}, rounds=rounds)  # fmt: skip
-            print(row(name, "quantize", report), flush=True)
+            print(row(name, family, report), flush=True)
 
 
 if __name__ == "__main__":
