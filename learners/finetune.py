@@ -1,24 +1,27 @@
 """Fine-tuning a text classifier with LoRA: the routine the training worker drives.
 
 ``fine_tune`` tokenises once, trains LoRA adapters and the new head with a plain PyTorch loop,
-stops early on the validation loss, restores the best weights, merges the adapters and saves a
-folder that plain transformers loads (no peft at serving time). ``trials > 0`` runs an Optuna
-search first. torch, transformers, peft and Optuna are imported inside the functions, so the
-settings of processes that never train can hold ``FineTuneConfig`` without the ``train`` extra.
+stops early on the validation loss or at the time/step budget, restores the best weights, merges the
+adapters and saves a folder that plain transformers loads (no peft at serving time). ``warm_start``
+names an earlier model folder (the champion's) to start from instead of the base model.
+``trials > 0`` runs an Optuna search first. torch, transformers, peft and Optuna are imported inside
+the functions, so the settings of processes that never train can hold ``FineTuneConfig`` without the
+``train`` extra.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib.metadata
 import json
 import logging
 import math
+import os
 import resource
 import sys
-import time
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ __all__ = [
     "TextData",
     "TrainingCancelled",
     "TrainingDataError",
+    "available_cores",
     "base_model_identity",
     "fine_tune",
     "resolve_base_model",
@@ -77,6 +81,9 @@ class FineTuneConfig(BaseModel):
     grad_accum: int = Field(default=1, ge=1)
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; caps epochs")
+    # A retrain must arrive while the drift still matters: the default keeps drift -> ModelUpdate near a
+    # minute on two CPU cores (bench/README.md). The learning-rate schedule ends at the budget.
+    max_seconds: float | None = Field(default=30.0, gt=0, description="training wall-clock budget; None: none")
     learning_rate: float = Field(default=5e-4, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -90,7 +97,7 @@ class FineTuneConfig(BaseModel):
     mixed_precision: bool = Field(default=True, description="CUDA only: bf16 when supported, else fp16 + GradScaler")
     seed: int = 42
     trials: int = Field(default=0, ge=0, description="Optuna trials over learning_rate, lora_r, lora_dropout")
-    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads while training")
+    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; None: the cores we may use")
 
 
 class TextData(NamedTuple):
@@ -119,6 +126,19 @@ class FineTuneResult:
     n_val: int
     peak_memory_mb: float
     best_val_accuracy: float = field(default=math.nan)
+    stopped_by: str = "epochs"  # epochs | early_stopping | max_steps | time_budget
+    warm_start: Path | None = None  # the model folder training started from, when not the base model
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and taskset narrow).
+
+    >>> available_cores() >= 1
+    True
+    """
+    with contextlib.suppress(AttributeError, OSError):  # no sched_getaffinity on macOS
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def resolve_base_model(config: FineTuneConfig) -> Path:
@@ -168,6 +188,7 @@ def fine_tune(
     *,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    warm_start: Path | None = None,
 ) -> FineTuneResult:
     """Fine-tune on ``train``, stop early on ``val``, save the merged model, tokenizer and labels in ``out_dir``.
 
@@ -176,31 +197,36 @@ def fine_tune(
     ``progress`` gets ``{"stage": "train"|"eval", "epoch", "step", "total_steps", "loss",
     "val_loss", "val_accuracy", "samples_per_s", "device"}`` (plus ``"trial"`` while searching);
     ``should_stop()`` is polled every batch and True raises ``TrainingCancelled``.
+    ``warm_start``: a folder written by ``fine_tune`` with the same labels; training starts from its
+    weights (new adapters on the merged model) instead of the base model's. One with other labels is
+    ignored, with a log line: its head does not fit.
     """
     import torch
 
-    from learners.textclf import LabelMap, encode_texts, load_tokenizer, pick_device
+    from learners.textclf import LabelMap, load_tokenizer, pick_device
+    from learners.training_loop import run_training
 
     base = resolve_base_model(config)
     train, val = TextData(*train), TextData(*val)
     label_map = LabelMap.for_training(train, val)
+    start = _warm_start_folder(warm_start, label_map) or base
     device = pick_device(config.device)
     threads = torch.get_num_threads()
     rss_before_mb = _rss_mb(peak=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
+        # torch's default is every core of the machine, which oversubscribes a process pinned to fewer.
+        torch.set_num_threads(config.num_threads or available_cores())
         tokenizer = load_tokenizer(base)
-        enc_train = encode_texts(tokenizer, train, label_map, config.max_length)
-        enc_val = encode_texts(tokenizer, val, label_map, config.max_length)
+        enc_train = _TOKENS.encode(tokenizer, train, label_map, config.max_length)
+        enc_val = _TOKENS.encode(tokenizer, val, label_map, config.max_length)
         extra: dict[str, Any] = {}
         if config.trials > 0:
-            search = _search(enc_train, enc_val, config, base, label_map, device, progress, should_stop)
+            search = _search(enc_train, enc_val, config, start, label_map, device, progress, should_stop)
             config = config.model_copy(update=search["best_params"])
             extra["search"] = search
-        outcome = _run(enc_train, enc_val, config, base, label_map, device, progress, should_stop)
+        outcome = run_training(enc_train, enc_val, config, start, label_map, device, progress, should_stop)
         _save_merged(outcome.model, tokenizer, label_map, config.max_length, out_dir)
     finally:
         torch.set_num_threads(threads)
@@ -218,151 +244,76 @@ def fine_tune(
         best_val_accuracy=outcome.best_val_accuracy,
         history=outcome.history,
         train_samples_per_s=outcome.samples_per_s,
-        params={**config.model_dump(), "base_model": str(base), "device": device.type, **extra},
+        params={**config.model_dump(), "base_model": str(base), "device": device.type,
+                "warm_start": str(start) if start != base else None, "threads": torch.get_num_threads(), **extra},
         n_train=len(train.texts),
         n_val=len(val.texts),
         peak_memory_mb=round(peak_mb, 1),
-    )
-    logger.info("fine-tuned %s: %d steps, best val loss %.4f, %.1f samples/s on %s -> %s", base.name,
-                result.steps, result.best_val_loss, result.train_samples_per_s, result.device, out_dir)  # fmt: skip
+        stopped_by=outcome.stopped_by,
+        warm_start=start if start != base else None,
+    )  # fmt: skip
+    logger.info("fine-tuned %s: %d steps (stopped by %s), best val loss %.4f, %.1f samples/s on %s -> %s",
+                start.name, result.steps, result.stopped_by, result.best_val_loss, result.train_samples_per_s,
+                result.device, out_dir)  # fmt: skip
     return result
 
 
-@dataclass
-class _Outcome:
-    model: PeftModel
-    history: list[dict[str, Any]]
-    best_val_loss: float
-    best_val_accuracy: float
-    epochs_run: int
-    steps: int
-    samples_per_s: float
+class TokenCache:
+    """Token ids of texts seen before, per tokenizer and ``max_length``, the least recently used dropped first.
+
+    Successive retrain windows of a model overlap (the last N samples move on by the new ones), so a job
+    tokenises only the texts the previous jobs did not see.
+    """
+
+    def __init__(self, max_texts: int = 50_000) -> None:
+        self.max_texts = max_texts
+        self.hits = self.misses = 0
+        self._ids: OrderedDict[tuple[str, int, str], list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(
+        self, tokenizer: PreTrainedTokenizerBase, data: TextData, label_map: LabelMap, max_length: int
+    ) -> EncodedTexts:
+        from learners.textclf import EncodedTexts, encode_texts
+
+        name = str(getattr(tokenizer, "name_or_path", ""))
+        keys = [(name, max_length, t) for t in data.texts]
+        with self._lock:
+            known = {k: self._ids[k] for k in keys if k in self._ids}
+        todo = sorted({k[2] for k in keys if k not in known})
+        if todo:
+            fresh = encode_texts(tokenizer, TextData(todo, [label_map.values[0]] * len(todo)), label_map, max_length)
+            known.update({(name, max_length, t): ids for t, ids in zip(todo, fresh.ids, strict=True)})
+        with self._lock:
+            self.hits, self.misses = self.hits + len(keys) - len(todo), self.misses + len(todo)
+            for k in keys:
+                self._ids[k] = known[k]
+                self._ids.move_to_end(k)
+            while len(self._ids) > self.max_texts:
+                self._ids.popitem(last=False)
+        weights = [float(w) for w in data.weights] if data.weights is not None else [1.0] * len(keys)
+        return EncodedTexts([known[k] for k in keys], [label_map.id_of(y) for y in data.labels], weights)
 
 
-def _run(
-    train: EncodedTexts,
-    val: EncodedTexts,
-    config: FineTuneConfig,
-    base: Path,
-    label_map: LabelMap,
-    device: torch.device,
-    progress: Progress | None,
-    should_stop: Callable[[], bool] | None,
-    trial: int | None = None,
-) -> _Outcome:
-    import torch
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+_TOKENS = TokenCache()
 
-    from learners.textclf import batch_loader, logits_of, loss_and_accuracy, quiet_transformers, weighted_cross_entropy
 
-    torch.manual_seed(config.seed)  # LoRA's initial weights
-    with quiet_transformers():
-        base_model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=len(label_map.values), id2label=label_map.id2label, label2id=label_map.label2id,
-            local_files_only=True,  # models come from local folders; nothing is ever downloaded
-        )  # fmt: skip
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout, target_modules=list(config.target_modules),
-    )  # fmt: skip
-    model: PeftModel = get_peft_model(base_model, lora)
-    model.to(device)
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    pad_id = int(base_model.config.pad_token_id or 0)
-    train_loader = batch_loader(train, config.batch_size, pad_id, shuffle=True, seed=config.seed)
-    val_loader = batch_loader(val, config.batch_size * 2, pad_id, shuffle=False, seed=config.seed)
-    n_batches = len(train_loader)
-    total = math.ceil(n_batches / config.grad_accum) * config.epochs
-    total = min(total, config.max_steps) if config.max_steps else total
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)  # type: ignore[no-untyped-call]
-    amp_dtype = None
-    if device.type == "cuda" and config.mixed_precision:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+def _warm_start_folder(folder: Path | None, label_map: LabelMap) -> Path | None:
+    from learners.textclf import LabelMap
 
-    amp: Callable[[], Any] = (
-        functools.partial(torch.autocast, device_type="cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext
-    )
-
-    history: list[dict[str, Any]] = []
-    report_every = max(1, total // 20)
-    best_loss, best_acc, best_state, bad_evals = math.inf, math.nan, None, 0
-    step = seen = epochs_run = 0
-    # The running loss stays on the device: reading it back (.item()) every micro-batch would make the
-    # host wait for the GPU each time; it is read at reports and evaluations only.
-    train_time, running, running_n, last_loss = 0.0, torch.zeros((), device=device), 0, math.nan
-    last_eval_step, stop = -1, False
-
-    def emit(stage: str, epoch: int, **values: Any) -> None:
-        event = {"stage": stage, "epoch": epoch, "step": step, "total_steps": total, "loss": None,
-                 "val_loss": None, "val_accuracy": None, "samples_per_s": round(seen / max(train_time, 1e-9), 1),
-                 "device": device.type, **values}  # fmt: skip
-        if trial is not None:
-            event["trial"] = trial
-        history.append(event)
-        logger.info("fine-tune %s", " ".join(f"{k}={v}" for k, v in event.items() if v is not None))
-        if progress is not None:
-            progress(event)
-
-    def evaluate(epoch: int) -> bool:
-        nonlocal best_loss, best_acc, best_state, bad_evals, last_eval_step
-        val_loss, val_acc = loss_and_accuracy(model, val_loader, device, amp)
-        last_eval_step = step
-        train_loss = round(float(running) / running_n, 5) if running_n else last_loss
-        emit("eval", epoch, loss=train_loss, val_loss=val_loss, val_accuracy=val_acc)
-        if val_loss < best_loss:
-            best_loss, best_acc, bad_evals = val_loss, val_acc, 0
-            best_state = {name: p.detach().clone() for name, p in trainable.items()}
-            return False
-        bad_evals += 1
-        return bad_evals >= max(config.patience, 1)
-
-    model.train()
-    for epoch in range(1, config.epochs + 1):
-        epochs_run = epoch
-        started = time.perf_counter()
-        for i, batch in enumerate(train_loader):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"training cancelled at step {step}/{total}")
-            window_start = i - i % config.grad_accum
-            window = min(config.grad_accum, n_batches - window_start)  # the last window may be short
-            y, w = batch["labels"].to(device), batch["weights"].to(device)
-            with amp():
-                logits = logits_of(model, batch, device)
-            loss = weighted_cross_entropy(logits, y, w)
-            scaler.scale(loss / window).backward()  # type: ignore[no-untyped-call]
-            running, running_n, seen = running + loss.detach().float(), running_n + 1, seen + len(y)
-            if i + 1 != window_start + window:
-                continue
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % report_every == 0 or step == total:
-                last_loss = round(float(running) / running_n, 5)  # waits for the device: time it in
-                train_time += time.perf_counter() - started
-                started = time.perf_counter()
-                emit("train", epoch, loss=last_loss)
-                running, running_n = torch.zeros((), device=device), 0
-            if config.eval_every_steps and step % config.eval_every_steps == 0:
-                train_time += time.perf_counter() - started
-                stop = evaluate(epoch)
-                started = time.perf_counter()
-            if stop or step >= total:
-                break
-        train_time += time.perf_counter() - started
-        if not stop and last_eval_step != step:
-            stop = evaluate(epoch)
-        if stop or step >= total:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)  # only the trainable tensors: LoRA and the head
-    return _Outcome(model, history, best_loss, best_acc, epochs_run, step, round(seen / max(train_time, 1e-9), 1))
+    if folder is None:
+        return None
+    try:
+        previous = LabelMap.load(folder)
+    except (ConfigError, OSError, ValueError) as exc:
+        logger.warning("warm start from %s skipped: %s; training starts from the base model", folder, exc)
+        return None
+    if previous != label_map:
+        logger.info("warm start from %s skipped: its labels %s are not the window's %s; training starts from the "
+                    "base model", folder, list(previous.values), list(label_map.values))  # fmt: skip
+        return None
+    logger.info("warm start: training starts from %s", folder)
+    return folder
 
 
 def _search(
@@ -377,6 +328,8 @@ def _search(
 ) -> dict[str, Any]:
     import optuna
 
+    from learners.training_loop import run_training
+
     trials: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -387,7 +340,7 @@ def _search(
         }
         # Short runs: one epoch each (max_steps still applies); the winner gets the full budget.
         short = config.model_copy(update={**params, "epochs": 1, "trials": 0})
-        outcome = _run(train, val, short, base, label_map, device, progress, should_stop, trial=trial.number)
+        outcome = run_training(train, val, short, base, label_map, device, progress, should_stop, trial=trial.number)
         trials.append({"number": trial.number, **params, "val_loss": outcome.best_val_loss,
                        "val_accuracy": outcome.best_val_accuracy})  # fmt: skip
         return outcome.best_val_loss

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _PER_EVENT_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 1e-2)
 _GRAPH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STAGE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _JOB_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0)
 
 
@@ -249,6 +250,11 @@ class TrainerMetrics(LoopMetrics):
             "learnloop_training_job_seconds", "Duration of a training job run, whatever its outcome", ["model"],
             buckets=_JOB_BUCKETS, registry=r,
         )
+        self.training_stage_seconds = Histogram(
+            "learnloop_training_stage_seconds", "Seconds a succeeded training job spent per stage: startup, "
+            "dataset, training, evaluation, registration, announce", ["model", "stage"],
+            buckets=_STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_version = Gauge(
             "learnloop_model_version", "The version last announced for a model under an alias", ["model", "alias"],
             registry=r,

@@ -43,7 +43,7 @@ from schemas.errors import ConfigError
 POSITIVE = ["great", "excellent", "love", "wonderful", "fantastic", "amazing", "superb", "delightful"]
 NEGATIVE = ["bad", "awful", "hate", "terrible", "horrible", "dreadful", "poor", "disappointing"]
 NOUNS = ["movie", "service", "food", "product", "book", "hotel", "phone", "show"]
-FAST: dict[str, Any] = {"max_length": 32, "batch_size": 16, "num_threads": 1, "warmup_ratio": 0.0}
+FAST: dict[str, Any] = {"max_length": 32, "batch_size": 16, "num_threads": 1, "warmup_ratio": 0.0, "max_seconds": None}
 
 
 def sentiment(n: int, seed: int) -> tuple[list[str], list[bool]]:

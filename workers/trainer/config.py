@@ -46,3 +46,5 @@ class TrainerConfig(BaseModel):
     quantize_scheme: Literal["dynamic", "static"] = Field(
         default="dynamic", description="int8 scheme of that copy; static calibrates on the training texts"
     )
+    warm_start: bool = Field(default=True, description="train from the champion's weights when its labels match")
+    max_eval_samples: int = Field(default=500, ge=50, description="validation and test splits are cut to this")

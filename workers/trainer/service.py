@@ -162,7 +162,13 @@ class Trainer:
             log.error("job %s failed: %s\n%s", job.id, reason, traceback.format_exc())
             await asyncio.to_thread(self.jobs.fail, job.id, reason[:4000], worker_id=self.worker_id)
             return TrainingOutcome.FAILED
+        t_announce = time.monotonic()
         await self.announce(outcome.update)
+        timings = {**outcome.result.get("timings_s", {}), "announce": round(time.monotonic() - t_announce, 3)}
+        outcome.result["timings_s"] = timings
+        for stage, seconds in timings.items():
+            self.metrics.training_stage_seconds.labels(job.model, stage).observe(seconds)
+        log.info("job %s stages: %s", job.id, ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
         await asyncio.to_thread(self.jobs.succeed, job.id, outcome.result, worker_id=self.worker_id)
         self.completed.append(job.id)
         return TrainingOutcome.SUCCEEDED

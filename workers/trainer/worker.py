@@ -23,11 +23,15 @@ from workers.store.migrate import migrated_engine
 from workers.trainer.online_metric import OnlineMetrics
 from workers.trainer.pipeline import TrainingPipeline
 from workers.trainer.service import Trainer
+from workers.trainer.stages import HeavyImports
 
 log = logging.getLogger(__name__)
 
 
 def build_trainer(settings: Settings, learners: LearnersConfig | None = None) -> Trainer:
+    # torch, transformers and peft load while MLflow loads and the worker joins its group: a worker is ready
+    # sooner, and the first job finds them in (or waits only for the rest).
+    imports = HeavyImports().start()
     from workers.trainer.registry import ModelRegistry  # imports MLflow: only where it is needed
 
     learners = learners or settings.load_learners()
@@ -35,7 +39,7 @@ def build_trainer(settings: Settings, learners: LearnersConfig | None = None) ->
     registry = ModelRegistry(settings.mlflow, settings.data_dir)
     pipeline = TrainingPipeline(
         store=FeedbackStore(engine), registry=registry, finetune=settings.training,
-        config=settings.trainer, source=settings.source,
+        config=settings.trainer, source=settings.source, imports=imports,
         rolls_out=lambda model: settings.rollout.enabled or model in learners.rollouts,
         online_metric=OnlineMetrics(settings.redis),
     )
