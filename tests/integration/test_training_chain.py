@@ -39,6 +39,7 @@ from workers.trainer.config import MlflowConfig, TrainerConfig
 from workers.trainer.pipeline import TrainingPipeline
 from workers.trainer.registry import ModelRegistry
 from workers.trainer.service import Trainer
+from workers.trainer.stages import STAGES
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,9 @@ def sentiment_samples(n: int, *, learner: str = "answers", seed: int = 3, flip: 
     return out
 
 
-TINY = FineTuneConfig(max_length=24, batch_size=16, epochs=2, max_steps=30, learning_rate=2e-3, patience=5)
+# No time budget: on a loaded machine it would cut these runs at a step count that varies.
+TINY = FineTuneConfig(max_length=24, batch_size=16, epochs=2, max_steps=30, learning_rate=2e-3, patience=5,
+                      max_seconds=None)
 
 
 class Rig:
@@ -170,7 +173,7 @@ async def test_a_candidate_no_better_than_the_champion_stays_challenger(rig: Rig
     rig.store.add_many(sentiment_samples(400))
     first = await rig.run_one(rig.trainer(), request())
     assert first["status"] == "succeeded" and first["result"]["alias"] == "champion"  # type: ignore[index]
-    # One optimiser step barely moves the base model: it cannot beat a trained champion.
+    # One optimiser step at a tiny rate barely moves the model it starts from (the champion): it cannot beat it.
     weak = TINY.model_copy(update={"max_steps": 1, "learning_rate": 1e-6})
     second = await rig.run_one(rig.trainer(weak), request(window=DataWindow(last_n=400)))
     assert second["status"] == "succeeded", second["error"]
@@ -180,6 +183,38 @@ async def test_a_candidate_no_better_than_the_champion_stays_challenger(rig: Rig
     assert result["parent_version"] == "1"
     assert rig.registry.alias_version("answers-text", "champion") == "1"
     assert rig.registry.alias_version("answers-text", "challenger") == "2"
+
+
+@pytest.mark.timeout(600)  # two fine-tuning jobs on a loaded 2-core machine
+async def test_a_second_job_starts_from_the_champion_and_a_job_cut_by_its_time_budget_is_registered(
+    rig: Rig,
+) -> None:
+    rig.store.add_many(sentiment_samples(400))
+    first = await rig.run_one(rig.trainer(), request())
+    assert first["status"] == "succeeded" and first["result"]["alias"] == "champion"  # type: ignore[index]
+    assert first["result"]["warm_start"] is None  # type: ignore[index]
+    # 50 epochs would take many minutes: the 3 s budget ends training, the job goes on as usual.
+    budget = TINY.model_copy(update={"max_steps": None, "epochs": 50, "max_seconds": 3.0})
+    trainer = rig.trainer(budget)
+    trainer.metrics = TrainerMetrics(CollectorRegistry())
+    second = await rig.run_one(trainer, request())
+    assert second["status"] == "succeeded", second["error"]
+    result = second["result"]
+    assert isinstance(result, dict)
+    assert result["stopped_by"] == "time_budget" and 0 < result["steps"] < 50 * 17
+    assert result["warm_start"] == "1" and result["parent_version"] == "1"
+    assert result["version"] == "2" and result["metrics"]["accuracy"] >= 0.8
+    assert result["n_eval"] == 60
+    # Where the time went: every stage, in the job, the metric and the MLflow run.
+    timings = result["timings_s"]
+    assert list(timings) == list(STAGES) and all(v >= 0 for v in timings.values())
+    assert timings["training"] >= 3.0
+    for stage in STAGES:
+        assert trainer.metrics.registry.get_sample_value(
+            "learnloop_training_stage_seconds_count", {"model": "answers-text", "stage": stage}) == 1
+    run = rig.registry.client.get_run(rig.registry.client.get_model_version("answers-text", "2").run_id)
+    assert run.data.params["warm_start"] == "1" and run.data.params["stopped_by"] == "time_budget"
+    assert {f"stage_{s}_s" for s in STAGES[:-1]} <= set(run.data.metrics)
 
 
 def test_a_burst_of_requests_coalesces_into_one_job(rig: Rig) -> None:
