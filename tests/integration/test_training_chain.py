@@ -212,7 +212,9 @@ async def test_a_second_job_starts_from_the_champion_and_a_job_cut_by_its_time_b
     for stage in STAGES:
         assert trainer.metrics.registry.get_sample_value(
             "learnloop_training_stage_seconds_count", {"model": "answers-text", "stage": stage}) == 1
-    run = rig.registry.client.get_run(rig.registry.client.get_model_version("answers-text", "2").run_id)
+    run_id = rig.registry.client.get_model_version("answers-text", "2").run_id
+    assert run_id is not None
+    run = rig.registry.client.get_run(run_id)
     assert run.data.params["warm_start"] == "1" and run.data.params["stopped_by"] == "time_budget"
     assert {f"stage_{s}_s" for s in STAGES[:-1]} <= set(run.data.metrics)
 
