@@ -265,8 +265,14 @@ def breakdown(
                 "epochs_run",
                 "train_samples_per_s",
                 "duration_s",
+                "steps",
+                "stopped_by",
+                "warm_start",
+                "n_eval",
             )
         },
+        # The trainer's own clock per stage (startup, dataset, training, evaluation, registration, announce).
+        "job_stages_s": result.get("timings_s"),
         "dataset": {
             k: (result.get("dataset") or {}).get(k)
             for k in ("n_input", "n_samples", "n_duplicates_dropped", "classes", "text_length")
