@@ -6,7 +6,9 @@ reason; the scopes guard each route and the OpenAPI document describes them.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ from workers.api.config import ApiConfig, ApiKey
 from workers.api.keys import hash_key, new_key
 from workers.api.server import BackgroundServer
 from workers.settings import Settings
+from workers.store.feedback import FeedbackStore
+from workers.store.migrate import migrated_engine
+from workers.store.samples import SampleIn
+from workers.trainer.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +109,42 @@ async def test_jobs_are_submitted_followed_cancelled_and_failed_with_their_reaso
     assert {"get", "post"} <= set(doc["paths"]["/v1/jobs"])
     assert {"get", "delete"} <= set(doc["paths"]["/v1/jobs/{job_id}"])
     assert "JobSubmission" in doc["components"]["schemas"]
+
+
+async def test_a_running_job_cancelled_through_the_api_stops_and_registers_nothing(
+    settings: Settings, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    FeedbackStore(migrated_engine(settings.database, settings.data_dir)).add_many([
+        SampleIn(event_id=str(uuid.uuid4()), learner="sea", text=f"ticket {i} {'great' if i % 2 else 'awful'}",
+                 label=i % 2 == 0, weight=1.0, source="test", occurred_at=t0 + timedelta(seconds=i))
+        for i in range(240)
+    ])
+    log = tmp_path / "trainer.log"
+    trainer = start_worker(worker_env(settings) | {"LEARNLOOP_TRAINER__SETTLE_S": "0"}, log, "trainer")
+    try:
+        # Many epochs of one-sample steps: the run is long; the trainer notices the cancel at its next step,
+        # not at its next progress report (every 1/20 of the run).
+        params = {"epochs": 100, "batch_size": 1, "patience": 100, "max_length": 16}
+        res = await http.post("/v1/jobs", json={"model": "sea-text", "params": params}, headers=key(OPERATOR))
+        assert res.status_code == 201, res.text
+        job_id = res.json()["id"]
+
+        async def training() -> bool:
+            job = (await http.get(f"/v1/jobs/{job_id}", headers=key(VIEWER))).json()
+            assert job["status"] in ("queued", "running"), job
+            return bool(job["status"] == "running")
+
+        await wait_for(training, timeout=300, every=0.5, what="the job to start training")
+        res = await http.delete(f"/v1/jobs/{job_id}", headers=key(OPERATOR))
+        assert res.status_code == 200 and res.json()["status"] == "cancelled"
+
+        async def stopped() -> bool:
+            return "cancelled on request" in log.read_text()
+
+        await wait_for(stopped, timeout=120, every=0.5, what="the trainer to stop the cancelled job")
+    finally:
+        stop_worker(trainer)
+    job = (await http.get(f"/v1/jobs/{job_id}", headers=key(VIEWER))).json()
+    assert job["status"] == "cancelled" and job["result"] is None
+    assert ModelRegistry(settings.mlflow, settings.data_dir).versions() == []  # nothing registered

@@ -35,6 +35,26 @@ from workers.trainer.pipeline import TrainingPipeline, trainable_learners
 log = logging.getLogger(__name__)
 
 
+class CancelPoll:
+    """Whether a job was cancelled on request, read from the store at most every ``every_s``.
+
+    Training polls it every batch: a step costs far more than one read a second, and the
+    run stops at the next step rather than at its next progress report.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: str, *, every_s: float = 1.0) -> None:
+        self.jobs, self.job_id, self.every_s = jobs, job_id, every_s
+        self.cancelled = False
+        self._next = time.monotonic() + every_s
+
+    def __call__(self) -> bool:
+        if not self.cancelled and time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every_s
+            job = self.jobs.get(self.job_id)
+            self.cancelled = job is not None and job.status == "cancelled"
+        return self.cancelled
+
+
 class Trainer:
     def __init__(
         self,
@@ -139,16 +159,22 @@ class Trainer:
         def progress(p: dict[str, Any]) -> None:
             self.jobs.heartbeat(job.id, {k: v for k, v in p.items() if k != "history"}, worker_id=self.worker_id)
 
+        cancel = CancelPoll(self.jobs, job.id)
+
+        def should_stop() -> bool:
+            return self._stopping.is_set() or cancel()
+
         try:
-            outcome = await asyncio.to_thread(
-                self.pipeline.run, job, progress=progress, should_stop=self._stopping.is_set
-            )
+            outcome = await asyncio.to_thread(self.pipeline.run, job, progress=progress, should_stop=should_stop)
         except DatasetInvalid as exc:
             error = f"{DATASET_INVALID_PREFIX}{exc}"
             await asyncio.to_thread(self.jobs.fail, job.id, error, worker_id=self.worker_id)
             log.error("job %s failed: %s", job.id, error)
             return TrainingOutcome.DATASET_INVALID
         except TrainingCancelled:
+            if cancel.cancelled:
+                log.warning("job %s cancelled on request: stopped, nothing registered", job.id)
+                return TrainingOutcome.CANCELLED
             log.warning("job %s interrupted by shutdown; the next trainer picks it up again", job.id)
             return TrainingOutcome.CANCELLED
         except JobStateError as exc:  # our heartbeat was refused: cancelled on request, or recovered as stale
