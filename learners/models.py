@@ -148,6 +148,20 @@ class SparseKey(str):
     __slots__ = ()
 
 
+class PreparedFeatures(dict[Any, Any]):
+    """FeaturePrep's output; ``sparse`` says whether it holds any :class:`SparseKey`.
+
+    DenseScaler splits off the sparse indicators three times per event (predict, learn,
+    transform); with the flag it skips that walk and copy when there are none, the common case.
+    """
+
+    __slots__ = ("sparse",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sparse = False
+
+
 class DenseScaler(base.Transformer):
     """River's ``StandardScaler`` on the numeric features only; word and one-hot features pass as they are.
 
@@ -167,6 +181,8 @@ class DenseScaler(base.Transformer):
 
     @staticmethod
     def _dense(x: dict[Any, Any]) -> dict[Any, Any]:
+        if type(x) is PreparedFeatures and not x.sparse:
+            return x  # not mutated by StandardScaler; len(dense) == len(x) below takes the plain path
         return {k: v for k, v in x.items() if type(k) is not SparseKey}
 
     def learn_one(self, x: dict[Any, Any]) -> None:
@@ -198,7 +214,7 @@ class FeaturePrep(base.Transformer):
         self.max_tokens = max_tokens
 
     def transform_one(self, x: dict[Any, Any]) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
+        out = PreparedFeatures()
         text: object = None
         isfinite = math.isfinite
         for key, value in x.items():
@@ -216,6 +232,7 @@ class FeaturePrep(base.Transformer):
                     text = value
                 else:
                     out[SparseKey(f"{key}={value}")] = 1.0
+                    out.sparse = True
             elif value is None:
                 continue
             elif isinstance(value, numbers.Real):  # numpy scalars and other float/int subclasses
@@ -230,6 +247,7 @@ class FeaturePrep(base.Transformer):
                 )
         if text is not None:
             assert isinstance(text, str)
+            out.sparse = True  # set even when no token is found: the flag only has to be conservative
             for match in islice(_TOKEN.finditer(text.lower()), self.max_tokens):
                 token = SparseKey(f"text:{match.group()}")
                 out[token] = out.get(token, 0.0) + 1.0
