@@ -19,6 +19,7 @@ import torch
 
 from bench.training_data import tickets
 from learners.finetune import FineTuneConfig, TextData, fine_tune
+from learners.optimize.distill import distill
 from learners.optimize.prune import prune
 from learners.optimize.quantize import candidate_layers, load, quantize
 from learners.optimize.report import OptimizationReport, compare
@@ -53,6 +54,10 @@ def methods(
         "magnitude 50% + recovery": ("prune", pruned("magnitude", 0.5)),
         "structured FFN 30% + recovery": ("prune", pruned("structured", 0.3)),
         "structured FFN 50% + recovery": ("prune", pruned("structured", 0.5)),
+        # Half the labels hidden: the student learns those texts from the teacher's soft labels alone.
+        "distilled, 3 of 6 layers": ("distill", lambda src, out: distill(
+            src, out, train[0], [y if i % 2 else None for i, y in enumerate(train[1])], steps=recovery_steps * 3
+        )),
     }
 
 
