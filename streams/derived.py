@@ -93,13 +93,19 @@ def drift_events(learner: OnlineLearner, d: Any, *, source: str, gate: RetrainGa
 
 
 def retrain_request(
-    learner: OnlineLearner, reason: str, n_seen: int, *, source: str, drift_event_id: uuid.UUID | None = None
+    learner: OnlineLearner,
+    reason: str,
+    n_seen: int,
+    *,
+    source: str,
+    drift_event_id: uuid.UUID | None = None,
+    kind: str = "error",
 ) -> RetrainRequest:
-    """The request to rebuild ``learner``'s retrain model, saying why (drift, schedule, volume)."""
+    """The request to rebuild ``learner``'s retrain model, saying why (drift of ``kind``, schedule, volume)."""
     model = learner.spec.retrain_model
     assert model is not None, "only a learner with a retrain_model asks for a retrain"
-    # A drift's request keeps the id it always had; schedule and volume requests name their reason.
-    cause = (learner.name, n_seen) if reason == "drift" else (learner.name, reason, n_seen)
+    # An error drift's request keeps the id it always had; the others name their reason and kind.
+    cause = (learner.name, n_seen) if (reason, kind) == ("drift", "error") else (learner.name, reason, kind, n_seen)
     return RetrainRequest(
         event_id=derived_id("retrain", *cause),
         request_id=derived_id("retrain-request", *cause),

@@ -19,12 +19,15 @@ from typing import Any
 from learners.config import LearnersConfig, LearnerSpec
 from learners.labels import Target, resolve_target
 from learners.models import with_text
+from learners.monitors.inputs import InputDriftMonitor
+from learners.monitors.served import ServedMonitors, monitors_status
 from learners.online import OnlineLearner
 from learners.retrain_policy import RetrainGate
-from schemas import DeadLetter, DriftEvent, FeedbackEvent, PredictionEvent, parse_event, rfc3339
+from schemas import DeadLetter, DriftEvent, DriftEventV2, FeedbackEvent, PredictionEvent, parse_event, rfc3339
 from schemas.errors import InvalidEvent
 from streams.derived import RawRecord, dead_letter, drift_events, retrain_request
 from streams.feedback_results import BatchResult, ConsumerStats, LearnedSample
+from streams.monitoring import ServedWatch, watch_learned
 from streams.partitioning import forward, owner_partition
 from streams.ports import JoinStore, PartitionStateStore, RecordLike
 
@@ -52,6 +55,8 @@ class LearnerSlot:
     # when the last drift was detected; older snapshots lack it and read the class default, None
     last_drift_at: datetime | None = None
     gate: RetrainGate | None = None  # the retrain policy's state, for a learner with a retrain_model
+    inputs: InputDriftMonitor | None = None  # [learners.X.input_drift]
+    served: ServedMonitors | None = None  # prediction drift and the estimate, shared with the ServedWatch
 
 
 @dataclass
@@ -87,6 +92,8 @@ class PartitionState:
             st["owner_partition"] = owner_partition(name, partitions) if partitions else None
             if slot.gate is not None:
                 st["retrain_gate"] = slot.gate.status()
+            if slot.inputs is not None or slot.served is not None:
+                st["monitors"] = monitors_status(slot.inputs, slot.served)
             out[name] = st
         return out
 
@@ -119,6 +126,7 @@ class FeedbackProcessor:
         self.clock = clock
         self.collect_samples = collect_samples  # off when nothing stores samples: no LearnedSample is built
         self._recent: dict[tuple[str, int], tuple[list[str], set[str]]] = {}
+        self._served = ServedWatch(learners, source)
 
     # -- dead letters --------------------------------------------------------
 
@@ -140,6 +148,10 @@ class FeedbackProcessor:
                 continue
             assert isinstance(ev, PredictionEvent)
             rows[ev.prediction_id] = ev.to_json()
+            if self._served.any:
+                drifts = self._served.prediction(ev)
+                result.drifts += len(drifts)
+                result.outputs.extend(drifts)
         if rows:
             await self.joins.put_predictions(list(rows.items()), ttl_s=self.join_ttl_s)
         return result
@@ -319,7 +331,8 @@ class FeedbackProcessor:
             return
         learner = slot.learner if slot is not None else OnlineLearner(ev.learner, spec)
         try:
-            outcome = learner.learn_one(with_text(ev.features, ev.text), target)
+            features = with_text(ev.features, ev.text)
+            outcome = learner.learn_one(features, target)
         except InvalidEvent as exc:  # a feature the model cannot read; nothing was learned
             result.add_deadletter(self.dead_letter(raw, exc))
             return
@@ -347,11 +360,29 @@ class FeedbackProcessor:
             derived = drift_events(learner, outcome.drift, source=self.source, gate=gate, now=self.clock())
             slot.last_drift_at = next(e.detected_at for e in derived if isinstance(e, DriftEvent))
             result.outputs.extend(derived)
+        if spec.input_drift is not None or self._served.any:
+            self._watch(slot, spec, ev, features, target, gate, result)
         if gate is not None:
             gate.labelled()
             reason = gate.due(n_seen=outcome.n_seen, now=self.clock())
             if reason is not None:
                 result.outputs.append(retrain_request(learner, reason, outcome.n_seen, source=self.source))
+
+    def _watch(
+        self, slot: LearnerSlot, spec: LearnerSpec, ev: FeedbackEvent, features: dict[str, Any], target: Target,
+        gate: RetrainGate | None, result: BatchResult,
+    ) -> None:
+        """Feed the learner's input monitor and the estimate of its served prediction (configured learners only)."""
+        if spec.input_drift is not None and slot.inputs is None:
+            slot.inputs = spec.input_drift.build()
+        slot.served = self._served.adopt(ev.learner, slot.served, spec)
+        derived = watch_learned(
+            slot.learner, slot.inputs, slot.served, features, ev.prediction_id, target.y, gate, self.clock(),
+            self.source,
+        )
+        if derived:
+            result.drifts += sum(1 for e in derived if isinstance(e, DriftEventV2))
+            result.outputs.extend(derived)
 
     @staticmethod
     def _target(ev: FeedbackEvent, spec: LearnerSpec) -> Target:

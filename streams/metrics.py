@@ -187,6 +187,13 @@ class FeedbackMetrics(_BatchLoopMetrics):
                 if isinstance(value, int | float):
                     self.learner_metric.labels(name, p, metric).set(value)
                     series.add((name, metric))
+            # The label-free estimate next to the realized metrics: "estimated_accuracy", "estimation_error"...
+            estimate = (status.get("monitors") or {}).get("estimate") or {}
+            for metric in ("estimated_accuracy", "estimated_f1", "estimation_error"):
+                value = estimate.get(metric)
+                if isinstance(value, int | float):
+                    self.learner_metric.labels(name, p, metric).set(value)
+                    series.add((name, metric))
             # Requests the retrain policy held back, by why: metric "retrain_gated_<reason>".
             for reason, count in ((status.get("retrain_gate") or {}).get("gated") or {}).items():
                 metric = "retrain_gated_" + reason.replace(":", "_")

@@ -76,7 +76,8 @@ class PerformanceEstimator(Monitor):
         bins = calibration_bins
         self._hits = [0] * bins
         self._totals = [0] * bins
-        self._pending: OrderedDict[str, tuple[int, int]] = OrderedDict()  # prediction id -> (chunk, bin)
+        # prediction id -> (chunk, calibration bin, the predicted label)
+        self._pending: OrderedDict[str, tuple[int, int, Any]] = OrderedDict()
         self._counts = self._new_counts()
         self._binary = True
         self._chunk_n = 0
@@ -123,7 +124,7 @@ class PerformanceEstimator(Monitor):
         self._n_seen += 1
         b = self._bin(confidence)
         pending = self._pending
-        pending[prediction_id] = (self._chunk_index, b)
+        pending[prediction_id] = (self._chunk_index, b, predicted)
         if len(pending) > self.max_pending:
             pending.popitem(last=False)  # its label is too late to count
         counts = self._counts
@@ -145,7 +146,16 @@ class PerformanceEstimator(Monitor):
         entry = self._pending.pop(prediction_id, None)
         if entry is None:
             return
-        index, b = entry
+        self._learn_label(entry, correct)
+
+    def observe_truth(self, prediction_id: str, label: Any) -> None:
+        """The true label of an earlier prediction arrived; it is right when it equals the served one."""
+        entry = self._pending.pop(prediction_id, None)
+        if entry is not None:
+            self._learn_label(entry, entry[2] == label)
+
+    def _learn_label(self, entry: tuple[int, int, Any], correct: bool) -> None:
+        index, b, _ = entry
         self._totals[b] += 1
         self._hits[b] += int(correct)
         chunk = self._open.get(index)

@@ -107,6 +107,18 @@ function mainMetric(metrics) {
   return null;
 }
 
+// The label-free estimate of served predictions, next to the realized metric: what is expected before
+// the labels come, and how far the estimate was from the truth once they came.
+function estimateStats(monitors) {
+  const e = (monitors || {}).estimate;
+  if (!e || typeof e.estimated_accuracy !== "number") return [];
+  const out = [el("span", { class: "estimate" }, "estimated accuracy ", el("b", {}, fmt(e.estimated_accuracy)))];
+  if (typeof e.estimation_error === "number") {
+    out.push(el("span", { class: "estimate-error" }, "estimate off by ", el("b", {}, fmt(e.estimation_error))));
+  }
+  return out;
+}
+
 // A learner held by two partitions (the partition count changed) is two models: one card and one line each.
 // The owner's is the one that learns now, and the one whose history the gateway keeps.
 const learnerKey = learner => learner.split && learner.partition !== learner.owner_partition
@@ -233,6 +245,7 @@ function renderLearners(res) {
         el("span", {}, "learned ", el("b", {}, fmt(learner.n_learned || 0))),
         el("span", { class: "served" }, "serving ", el("b", {}, servedVersion(serving[learner.name]))),
         el("span", {}, `${metric ? metric.name : "metric"} `, el("b", {}, metric ? fmt(metric.value) : "–")),
+        ...estimateStats(learner.monitors),
         el("span", {}, "drifts ", el("b", {}, fmt(learner.drifts || 0))),
         el("span", { class: "last-drift" }, "last drift ", drift),
         ...(snapshot ? [el("span", { class: "saved" }, "saved ", when(snapshot))] : [])));
