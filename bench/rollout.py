@@ -172,8 +172,8 @@ async def through_controller(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=200.0, help="labelled predictions per second")
-    # The last step decides: at 100 % the champion gets no new labels to compare with, so end at 50.
-    ap.add_argument("--steps", type=float, nargs="+", default=[5.0, 25.0, 50.0])
+    # The example policy; the promotion decision is taken at 50 % (RolloutPolicy.final_step).
+    ap.add_argument("--steps", type=float, nargs="+", default=[5.0, 25.0, 50.0, 100.0])
     ap.add_argument("--min-labels", type=int, default=200)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--p", type=float, default=0.80, help="champion accuracy")

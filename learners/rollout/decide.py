@@ -14,7 +14,9 @@ The rules, in order (the first that applies wins):
    below zero (``-min_effect`` with ``promote_when = "not_worse"``) → ``rollback``.
 3. A step ends once the challenger has ``min_labels`` labels in it (and the champion too, while it
    still has traffic). Before the final step → ``advance``. At the final step → ``promote`` when the
-   interval's lower end clears ``min_effect`` (``better``) or ``-min_effect`` (``not_worse``).
+   interval's lower end clears ``min_effect`` (``better``) or ``-min_effect`` (``not_worse``). A
+   canary ending at 100 % decides at the step before (``RolloutPolicy.final_step``), where both
+   versions still get labels; promotion is what moves the last share.
 4. A step that has not gathered its labels within ``max_step_duration_s`` → ``abort``; a final
    step that gathered them but stayed undecided that long → ``inconclusive``. Either way the
    champion keeps serving and the candidate is not promoted.

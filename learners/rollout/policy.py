@@ -55,7 +55,7 @@ class RolloutPolicy(_Frozen):
 
     >>> p = RolloutPolicy(mode="canary", steps=[5, 25, 100])
     >>> p.share(0), p.share(2), p.final_step
-    (5.0, 100.0, 2)
+    (5.0, 100.0, 1)
     >>> RolloutPolicy(mode="shadow").steps
     [100.0]
     """
@@ -101,10 +101,20 @@ class RolloutPolicy(_Frozen):
 
     @property
     def final_step(self) -> int:
-        return len(self.steps) - 1
+        """The step at which promotion is decided.
+
+        A canary whose last step is 100 % decides at the step before it: at 100 % the champion
+        would get no traffic and so no fresh labels to compare with, and passing that decision
+        *is* moving every request to the challenger (promotion).
+
+        >>> RolloutPolicy(steps=[5, 25, 50, 100]).final_step, RolloutPolicy(steps=[5, 25, 50]).final_step
+        (2, 2)
+        """
+        last = len(self.steps) - 1
+        return last - 1 if self.mode == "canary" and last > 0 and self.steps[last] >= 100.0 else last
 
     def share(self, step: int) -> float:
-        return float(self.steps[min(step, self.final_step)])
+        return float(self.steps[min(step, len(self.steps) - 1)])
 
 
 def bucket(key: str, salt: str) -> int:

@@ -370,7 +370,8 @@ FAMILIES: dict[type[Any], set[str]] = {
         "learnloop_graph_write_seconds", "learnloop_graph_write_failures", "learnloop_graph_entities",
         "learnloop_graph_relations", "learnloop_conversation_turns",
     },
-    TrainerMetrics: LOOP | {"learnloop_training_jobs", "learnloop_training_job_seconds", "learnloop_model_version"},
+    TrainerMetrics: LOOP | {"learnloop_training_jobs", "learnloop_training_job_seconds", "learnloop_model_version",
+                            "learnloop_training_stage_seconds"},
     PredictorMetrics: {
         "learnloop_served_version", "learnloop_model_loads", "learnloop_predictions_logged",
         "learnloop_prediction_logs_dropped",

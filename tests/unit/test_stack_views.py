@@ -51,7 +51,7 @@ def test_the_sent_total_is_split_by_kind_of_event() -> None:
     assert (view.produced, view.produced_feedback) == (6, 4)  # the malformed one goes to the feedback topic
     text = rendered(view)
     assert "sent 6 events in" in text
-    assert "3 feedback, 1 predictions (joined to label-only feedback), 1 conversation turns, 1 malformed on purpose" \
+    assert "3 feedback, 1 predictions (the app's, logged for the join), 1 conversation turns, 1 malformed on purpose" \
         in text
 
 
