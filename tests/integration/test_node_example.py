@@ -81,8 +81,11 @@ async def test_the_readme_names_the_internal_topics_a_worker_creates(settings: S
         found: list[str] = []
 
         async def created() -> bool:
+            # The assignor topic outlives other tests' workers in the session broker: wait for this
+            # worker to be up too, so that it is stopped as a running worker, not mid-import.
             found[:] = await internal()
-            return "learnloop-feedback-worker-__assignor-__leader" in found
+            started = "feedback consumer started" in (tmp_path / "worker.log").read_text(errors="replace")
+            return started and "learnloop-feedback-worker-__assignor-__leader" in found
 
         await wait_for(created, timeout=120, what="the feedback worker's Faust topics")
     finally:
